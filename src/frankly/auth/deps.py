@@ -1,0 +1,81 @@
+"""Request authentication: session cookie (with CSRF on writes) or bearer token."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from frankly.auth import service as auth_service
+from frankly.auth.models import Agent, ApiToken, TokenKind
+from frankly.db import SessionDep
+from frankly.errors import Forbidden, Unauthorized
+
+SESSION_COOKIE = "frankly_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def current_agent(request: Request, session: SessionDep) -> Agent:
+    """The agent behind an agent token or a session cookie; channel tokens are refused here."""
+    token = _bearer(request)
+    if token is not None:
+        resolved = await auth_service.resolve_token(session, token=token)
+        if resolved is None:
+            raise Unauthorized("invalid or revoked token")
+        record, agent = resolved
+        if record.kind != TokenKind.AGENT or agent is None:
+            raise Forbidden("a channel token may only post inbound messages")
+        return agent
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        found = await auth_service.resolve_session(session, token=cookie)
+        if found is not None:
+            record, agent = found
+            if request.method not in SAFE_METHODS:
+                sent = request.headers.get(CSRF_HEADER, "")
+                if not hmac.compare_digest(sent, record.csrf_token):
+                    raise Forbidden("missing or wrong CSRF token")
+            request.state.auth_session = record
+            return agent
+    raise Unauthorized("sign in or send an agent token")
+
+
+async def admin_only(agent: Annotated[Agent, Depends(current_agent)]) -> Agent:
+    if not agent.is_admin:
+        raise Forbidden("admins only")
+    return agent
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelIdentity:
+    channel: str
+    token: ApiToken
+
+
+async def channel_token(request: Request, session: SessionDep) -> ChannelIdentity:
+    token = _bearer(request)
+    if token is None:
+        raise Unauthorized("send a channel token as 'Authorization: Bearer …'")
+    resolved = await auth_service.resolve_token(session, token=token)
+    if resolved is None:
+        raise Unauthorized("invalid or revoked token")
+    record, _agent = resolved
+    if record.kind != TokenKind.CHANNEL or record.channel is None:
+        raise Forbidden("inbound messages need a channel token")
+    return ChannelIdentity(channel=record.channel, token=record)
+
+
+CurrentAgent = Annotated[Agent, Depends(current_agent)]
+AdminOnly = Annotated[Agent, Depends(admin_only)]
+ChannelDep = Annotated[ChannelIdentity, Depends(channel_token)]

@@ -1,0 +1,120 @@
+"""HTTP API for sign-in (session cookie), agents and API tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import select
+
+from frankly.audit import service as audit_service
+from frankly.auth import service
+from frankly.auth.deps import SESSION_COOKIE, AdminOnly, CurrentAgent
+from frankly.auth.models import Agent, ApiToken
+from frankly.auth.schemas import (
+    AgentCreate,
+    AgentRead,
+    LoginRequest,
+    LoginResponse,
+    TokenCreate,
+    TokenCreated,
+    TokenRead,
+)
+from frankly.config import get_settings
+from frankly.db import SessionDep
+from frankly.errors import Invalid, NotFound
+
+router = APIRouter(prefix="/api/v1", tags=["auth"])
+
+
+@router.post("/auth/login", response_model=LoginResponse)
+async def login(
+    body: LoginRequest, session: SessionDep, request: Request, response: Response
+) -> LoginResponse:
+    """Check the password and set the session cookie the inbox shares."""
+    agent = await service.authenticate(session, email=body.email, password=body.password)
+    settings = get_settings()
+    new = await service.start_session(session, agent=agent, days=settings.session_days)
+    response.set_cookie(
+        SESSION_COOKIE,
+        new.token,
+        max_age=settings.session_days * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    await audit_service.record(session, agent=agent, action="auth.login")
+    return LoginResponse(agent=AgentRead.model_validate(agent), csrf_token=new.csrf_token)
+
+
+@router.post("/auth/logout", status_code=204)
+async def logout(request: Request, session: SessionDep, agent: CurrentAgent) -> Response:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        await service.end_session(session, token=token)
+    await audit_service.record(session, agent=agent, action="auth.logout")
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/auth/me", response_model=AgentRead)
+async def me(agent: CurrentAgent) -> Agent:
+    return agent
+
+
+@router.get("/agents", response_model=list[AgentRead])
+async def list_agents(session: SessionDep, agent: AdminOnly) -> list[Agent]:
+    return list((await session.scalars(select(Agent).order_by(Agent.id))).all())
+
+
+@router.post("/agents", response_model=AgentRead, status_code=201)
+async def create_agent(body: AgentCreate, session: SessionDep, admin: AdminOnly) -> Agent:
+    agent = await service.create_agent(
+        session, email=body.email, password=body.password, name=body.name, admin=body.admin
+    )
+    await audit_service.record(
+        session,
+        agent=admin,
+        action="agent.create",
+        target_type="agent",
+        target_id=agent.id,
+        detail={"email": agent.email, "role": agent.role.value},
+    )
+    return agent
+
+
+@router.get("/tokens", response_model=list[TokenRead])
+async def list_tokens(session: SessionDep, admin: AdminOnly) -> list[ApiToken]:
+    return list((await session.scalars(select(ApiToken).order_by(ApiToken.id))).all())
+
+
+@router.post("/tokens", response_model=TokenCreated, status_code=201)
+async def create_token(body: TokenCreate, session: SessionDep, admin: AdminOnly) -> TokenCreated:
+    """Create a channel or agent token; the secret is in this response only."""
+    owner = None
+    if body.agent_email is not None:
+        owner = await service.get_agent_by_email(session, email=body.agent_email)
+        if owner is None:
+            raise Invalid(f"no agent with email {body.agent_email}")
+    new = await service.create_token(session, name=body.name, channel=body.channel, agent=owner)
+    await audit_service.record(
+        session,
+        agent=admin,
+        action="token.create",
+        target_type="api_token",
+        target_id=new.record.id,
+        detail={"name": body.name, "kind": new.record.kind.value},
+    )
+    return TokenCreated(**TokenRead.model_validate(new.record).model_dump(), token=new.token)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+async def revoke_token(token_id: int, session: SessionDep, admin: AdminOnly) -> Response:
+    record = await session.get(ApiToken, token_id)
+    if record is None:
+        raise NotFound(f"no token with id {token_id}")
+    await service.revoke_token(session, token_id=token_id)
+    await audit_service.record(
+        session, agent=admin, action="token.revoke", target_type="api_token", target_id=token_id
+    )
+    return Response(status_code=204)

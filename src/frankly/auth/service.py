@@ -1,0 +1,178 @@
+"""Passwords (argon2), browser sessions and API tokens; secrets are stored only as hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frankly.auth.models import Agent, ApiToken, AuthSession, Role, TokenKind
+from frankly.db import utcnow
+from frankly.errors import Conflict, Invalid, NotFound, Unauthorized
+
+_hasher = PasswordHasher()
+TOKEN_PREFIX = "frk_"  # noqa: S105 - a public prefix, not a secret
+MIN_PASSWORD_LENGTH = 8
+
+
+def hash_secret(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if "@" not in email or email.startswith("@") or email.endswith("@") or len(email) > 320:
+        raise Invalid(f"not an email address: {email!r}")
+    return email
+
+
+async def create_agent(
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str,
+    name: str | None = None,
+    admin: bool = False,
+) -> Agent:
+    email = normalize_email(email)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise Invalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if await session.scalar(select(Agent.id).where(Agent.email == email)):
+        raise Conflict(f"an agent with email {email} already exists")
+    agent = Agent(
+        email=email,
+        name=name or email.split("@")[0].replace(".", " ").title(),
+        password_hash=hash_password(password),
+        role=Role.ADMIN if admin else Role.AGENT,
+    )
+    session.add(agent)
+    await session.flush()
+    return agent
+
+
+async def get_agent_by_email(session: AsyncSession, *, email: str) -> Agent | None:
+    return await session.scalar(select(Agent).where(Agent.email == email.strip().lower()))
+
+
+async def count_agents(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count(Agent.id))) or 0)
+
+
+async def authenticate(session: AsyncSession, *, email: str, password: str) -> Agent:
+    agent = await get_agent_by_email(session, email=email)
+    # Verify against a dummy hash when the agent is unknown so timing does not reveal emails.
+    candidate = agent.password_hash if agent else _DUMMY_HASH
+    if not verify_password(candidate, password) or agent is None or not agent.is_active:
+        raise Unauthorized("wrong email or password")
+    return agent
+
+
+_DUMMY_HASH = _hasher.hash("frankly-dummy-password")
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    token: str
+    csrf_token: str
+    record: AuthSession
+
+
+async def start_session(session: AsyncSession, *, agent: Agent, days: int) -> NewSession:
+    token = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(24)
+    record = AuthSession(
+        token_hash=hash_secret(token),
+        agent_id=agent.id,
+        csrf_token=csrf,
+        expires_at=utcnow() + timedelta(days=days),
+    )
+    session.add(record)
+    await session.flush()
+    return NewSession(token=token, csrf_token=csrf, record=record)
+
+
+async def resolve_session(session: AsyncSession, *, token: str) -> tuple[AuthSession, Agent] | None:
+    row = (
+        await session.execute(
+            select(AuthSession, Agent)
+            .join(Agent, Agent.id == AuthSession.agent_id)
+            .where(AuthSession.token_hash == hash_secret(token))
+        )
+    ).first()
+    if row is None:
+        return None
+    record, agent = row.tuple()
+    if record.expires_at <= utcnow() or not agent.is_active:
+        return None
+    return record, agent
+
+
+async def end_session(session: AsyncSession, *, token: str) -> None:
+    await session.execute(delete(AuthSession).where(AuthSession.token_hash == hash_secret(token)))
+
+
+@dataclass(frozen=True, slots=True)
+class NewToken:
+    token: str
+    record: ApiToken
+
+
+async def create_token(
+    session: AsyncSession, *, name: str, channel: str | None = None, agent: Agent | None = None
+) -> NewToken:
+    """A channel token (may only post inbound messages) or an agent token (acts as that agent)."""
+    if (channel is None) == (agent is None):
+        raise Invalid("a token is either for a channel or for an agent")
+    if channel is not None and not channel.replace("-", "").replace("_", "").isalnum():
+        raise Invalid(f"channel names are letters, digits, - and _: {channel!r}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    record = ApiToken(
+        name=name,
+        kind=TokenKind.CHANNEL if channel else TokenKind.AGENT,
+        channel=channel,
+        agent_id=agent.id if agent else None,
+        token_hash=hash_secret(token),
+        prefix=token[: len(TOKEN_PREFIX) + 6],
+    )
+    session.add(record)
+    await session.flush()
+    return NewToken(token=token, record=record)
+
+
+async def resolve_token(
+    session: AsyncSession, *, token: str
+) -> tuple[ApiToken, Agent | None] | None:
+    record = await session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_secret(token)))
+    if record is None or record.revoked_at is not None:
+        return None
+    agent = None
+    if record.agent_id is not None:
+        agent = await session.get(Agent, record.agent_id)
+        if agent is None or not agent.is_active:
+            return None
+    return record, agent
+
+
+async def revoke_token(session: AsyncSession, *, token_id: int) -> ApiToken:
+    record = await session.get(ApiToken, token_id)
+    if record is None:
+        raise NotFound(f"no token with id {token_id}")
+    record.revoked_at = record.revoked_at or utcnow()
+    return record

@@ -1,0 +1,114 @@
+"""Settings from FRANKLY_* environment variables (and an optional TOML file); validated at start."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _default_prompts_dir() -> Path:
+    bundled = PACKAGE_DIR / "_prompts"
+    return bundled if bundled.is_dir() else REPO_ROOT / "prompts"
+
+
+class Settings(BaseSettings):
+    """Every knob Frankly reads; the README documents each one."""
+
+    model_config = SettingsConfigDict(env_prefix="FRANKLY_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///var/frankly.db"
+    secret_key: str = Field(default="", description="Signs sessions; required outside development.")
+    env: str = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    prompts_dir: Path = Field(default_factory=_default_prompts_dir)
+    default_language: str = "en"
+    languages: list[str] = Field(default_factory=lambda: ["en", "ru"])
+    draft_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_message_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
+    similarity_derived_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    run_workers: bool = True
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    worker_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    job_lease_seconds: int = Field(default=120, ge=5)
+    session_days: int = Field(default=14, ge=1, le=365)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_length(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, value: list[str]) -> list[str]:
+        if not value or any(len(code) != 2 or not code.isalpha() for code in value):
+            raise ValueError("must be a non-empty list of two-letter language codes")
+        return [code.lower() for code in value]
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return value.upper()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def effective_secret(self) -> str:
+        """The secret used for signing; a fixed development value only when none was configured."""
+        return self.secret_key or "frankly-development-secret-change-me"
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line naming it."""
+
+
+def _toml_values() -> dict[str, Any]:
+    path = os.environ.get("FRANKLY_CONFIG")
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"FRANKLY_CONFIG: cannot read {path}: {exc}") from exc
+    section = data.get("frankly", data)
+    return {
+        key: value for key, value in section.items() if f"FRANKLY_{key.upper()}" not in os.environ
+    }
+
+
+def load_settings() -> Settings:
+    """Build settings or raise SettingsError with one line naming the bad setting."""
+    try:
+        return Settings(**_toml_values())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "FRANKLY_" + str(first["loc"][0]).upper() if first["loc"] else "FRANKLY settings"
+        raise SettingsError(f"{name}: {first['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

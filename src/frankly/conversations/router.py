@@ -1,0 +1,328 @@
+"""HTTP API: inbound messages, conversations, and every human action on drafts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frankly.auth.deps import ChannelDep, CurrentAgent
+from frankly.auth.models import Agent
+from frankly.config import get_settings
+from frankly.conversations import service
+from frankly.conversations.models import Conversation, ConversationStatus, Draft
+from frankly.conversations.schemas import (
+    ConversationDetail,
+    ConversationPage,
+    ContactRead,
+    ConversationRead,
+    DraftRead,
+    InboundAccepted,
+    InboundCreate,
+    MessageRead,
+    PreviewRequest,
+    ProvenancePreview,
+    RegenerateResponse,
+    SendDraft,
+    SendResponse,
+    UseFaq,
+    WriteReply,
+)
+from frankly.db import SessionDep, after_commit
+from frankly.drafting import disclosure
+from frankly.drafting import service as drafting_service
+from frankly.errors import Conflict, Invalid
+from frankly.knowledge import service as knowledge_service
+from frankly.knowledge.models import FaqEntry
+from frankly.textutil import clean_text
+
+router = APIRouter(prefix="/api/v1", tags=["conversations"])
+
+
+def _limit() -> int:
+    return get_settings().max_message_bytes
+
+
+def _wake_worker(request: Request) -> None:
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wake()
+
+
+@router.post("/inbound", status_code=202, response_model=InboundAccepted)
+async def post_inbound(
+    body: InboundCreate, identity: ChannelDep, session: SessionDep, request: Request
+) -> InboundAccepted:
+    """Store a customer message (channel token); deduplicated on (channel, message_id)."""
+    text = clean_text(body.text, limit_bytes=_limit())
+    contact = body.contact
+    result = await service.ingest(
+        session,
+        channel=identity.channel,
+        conversation_external_id=body.conversation_id,
+        message_external_id=body.message_id,
+        text=text,
+        contact_external_id=contact.id if contact else None,
+        contact_name=contact.name if contact else None,
+        contact_language=contact.language if contact else None,
+        context=body.context,
+    )
+    if not result.duplicate:
+        await drafting_service.enqueue_drafting(session, message=result.message)
+        after_commit(session, lambda: _wake_worker(request))
+    return InboundAccepted(
+        conversation_id=result.conversation.id,
+        message_id=result.message.id,
+        duplicate=result.duplicate,
+        drafting=result.message.drafting.value if result.message.drafting else None,
+    )
+
+
+async def _entry_slugs(session: AsyncSession, ids: set[int]) -> dict[int, str]:
+    slugs = {}
+    for entry_id in ids:
+        entry = await session.get(FaqEntry, entry_id)
+        if entry is not None:
+            slugs[entry_id] = entry.slug
+    return slugs
+
+
+async def draft_read(session: AsyncSession, draft: Draft) -> DraftRead:
+    slugs = await _entry_slugs(session, {draft.faq_entry_id} if draft.faq_entry_id else set())
+    return _draft_read(draft, slugs)
+
+
+def _draft_read(draft: Draft, slugs: dict[int, str]) -> DraftRead:
+    return DraftRead(
+        id=draft.id,
+        conversation_id=draft.conversation_id,
+        message_id=draft.message_id,
+        status=draft.status,
+        text=draft.text,
+        language=draft.language,
+        faq_entry=slugs.get(draft.faq_entry_id) if draft.faq_entry_id else None,
+        faq_entry_id=draft.faq_entry_id,
+        faq_version=draft.faq_version,
+        confidence=draft.confidence,
+        engine=draft.engine,
+        why=draft.why,
+        created_at=draft.created_at,
+    )
+
+
+async def conversation_read(
+    session: AsyncSession, conversation: Conversation, *, has_draft: bool
+) -> ConversationRead:
+    contact = await service.get_contact(session, conversation=conversation)
+    return ConversationRead.model_validate(
+        {
+            **{
+                c: getattr(conversation, c)
+                for c in ConversationRead.model_fields
+                if c not in {"has_draft", "contact"}
+            },
+            "has_draft": has_draft,
+            "contact": ContactRead.model_validate(contact),
+        },
+        from_attributes=False,
+    )
+
+
+async def conversation_detail(
+    session: AsyncSession, conversation: Conversation
+) -> ConversationDetail:
+    messages = await service.list_messages(session, conversation=conversation)
+    drafts = await service.list_drafts(session, conversation=conversation)
+    slugs = await _entry_slugs(session, {d.faq_entry_id for d in drafts if d.faq_entry_id})
+    base = await conversation_read(
+        session, conversation, has_draft=any(d.status == "pending" for d in drafts)
+    )
+    return ConversationDetail(
+        **base.model_dump(exclude={"contact"}),
+        contact=base.contact,
+        messages=[MessageRead.model_validate(m) for m in messages],
+        drafts=[_draft_read(d, slugs) for d in drafts],
+    )
+
+
+@router.get("/conversations", response_model=ConversationPage)
+async def list_conversations(
+    session: SessionDep,
+    agent: CurrentAgent,
+    status: ConversationStatus | None = None,
+    needs_reply: bool | None = None,
+    has_draft: bool | None = None,
+    abstained: bool | None = None,
+    assigned: str | None = None,
+    channel: str | None = None,
+    language: str | None = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ConversationPage:
+    filters = service.ConversationFilters(
+        status=status,
+        needs_reply=needs_reply,
+        has_draft=has_draft,
+        abstained=abstained,
+        assigned=assigned,
+        channel=channel,
+        language=language,
+        q=q,
+    )
+    rows, next_cursor = await service.list_conversations(
+        session, agent=agent, filters=filters, cursor=cursor, limit=limit
+    )
+    with_drafts = await service.pending_draft_ids(session, conversation_ids=[c.id for c in rows])
+    items = [await conversation_read(session, c, has_draft=c.id in with_drafts) for c in rows]
+    return ConversationPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationDetail)
+async def get_conversation(
+    conversation_id: int, session: SessionDep, agent: CurrentAgent
+) -> ConversationDetail:
+    conversation = await service.get_conversation(session, conversation_id=conversation_id)
+    return await conversation_detail(session, conversation)
+
+
+async def _send(
+    session: AsyncSession,
+    *,
+    agent: Agent,
+    conversation_id: int,
+    draft_id: int | None,
+    text: str | None,
+    key: str,
+) -> SendResponse:
+    """Run the send gate; a concurrent twin with the same key gets the first result back."""
+    agent_id = agent.id
+    for attempt in range(2):
+        try:
+            draft = await service.get_draft(session, draft_id=draft_id) if draft_id else None
+            conversation = await service.get_conversation(
+                session, conversation_id=draft.conversation_id if draft else conversation_id
+            )
+            result = await service.send_reply(
+                session,
+                agent=agent,
+                conversation=conversation,
+                text=text,
+                idempotency_key=key,
+                draft=draft,
+                derived_threshold=get_settings().similarity_derived_threshold,
+            )
+            await session.flush()
+            break
+        except (IntegrityError, Conflict):
+            if attempt:
+                raise
+            await session.rollback()
+            refreshed = await session.get(Agent, agent_id)
+            assert refreshed is not None
+            agent = refreshed
+    if draft is not None:
+        await session.refresh(draft)
+    return SendResponse(
+        created=result.created,
+        message=MessageRead.model_validate(result.message),
+        draft=await draft_read(session, draft) if draft else None,
+    )
+
+
+@router.post("/drafts/{draft_id}/send", response_model=SendResponse)
+async def send_draft(
+    draft_id: int, body: SendDraft, session: SessionDep, agent: CurrentAgent
+) -> SendResponse:
+    """Send a draft as is (no text, or the same text) or edited (different text)."""
+    text = clean_text(body.text, limit_bytes=_limit()) if body.text is not None else None
+    return await _send(
+        session,
+        agent=agent,
+        conversation_id=0,
+        draft_id=draft_id,
+        text=text,
+        key=body.idempotency_key,
+    )
+
+
+@router.post("/conversations/{conversation_id}/replies", response_model=SendResponse)
+async def write_reply(
+    conversation_id: int, body: WriteReply, session: SessionDep, agent: CurrentAgent
+) -> SendResponse:
+    """A reply the agent wrote; any pending draft becomes superseded. No disclosure is added."""
+    await service.get_conversation(session, conversation_id=conversation_id)
+    text = clean_text(body.text, limit_bytes=_limit())
+    return await _send(
+        session,
+        agent=agent,
+        conversation_id=conversation_id,
+        draft_id=None,
+        text=text,
+        key=body.idempotency_key,
+    )
+
+
+@router.post("/drafts/{draft_id}/preview", response_model=ProvenancePreview)
+async def preview_send(
+    draft_id: int, body: PreviewRequest, session: SessionDep, agent: CurrentAgent
+) -> ProvenancePreview:
+    """What sending this text would record and show the customer; writes nothing."""
+    draft = await service.get_draft(session, draft_id=draft_id)
+    conversation = await service.get_conversation(session, conversation_id=draft.conversation_id)
+    text = clean_text(body.text, limit_bytes=_limit()) if body.text is not None else None
+    provenance = await service.classify(
+        session,
+        conversation=conversation,
+        draft=draft,
+        text=text,
+        threshold=get_settings().similarity_derived_threshold,
+    )
+    shown = provenance.body
+    if provenance.disclosure is not None:
+        shown = disclosure.apply(provenance.body, provenance.disclosure)
+    return ProvenancePreview(
+        origin=provenance.origin,
+        similarity=provenance.similarity,
+        disclosure_id=provenance.disclosure.id if provenance.disclosure else None,
+        disclosure_text=provenance.disclosure.text if provenance.disclosure else None,
+        text=shown,
+    )
+
+
+@router.post("/drafts/{draft_id}/discard", response_model=DraftRead)
+async def discard_draft(draft_id: int, session: SessionDep, agent: CurrentAgent) -> DraftRead:
+    draft = await service.get_draft(session, draft_id=draft_id)
+    await service.discard_draft(session, agent=agent, draft=draft)
+    return await draft_read(session, draft)
+
+
+@router.post("/drafts/{draft_id}/regenerate", response_model=RegenerateResponse)
+async def regenerate_draft(
+    draft_id: int, session: SessionDep, agent: CurrentAgent
+) -> RegenerateResponse:
+    """Supersede the draft and ask the engine again, excluding the entry it used."""
+    draft = await service.get_draft(session, draft_id=draft_id)
+    new = await drafting_service.regenerate(session, agent=agent, draft=draft)
+    conversation = await service.get_conversation(session, conversation_id=draft.conversation_id)
+    return RegenerateResponse(
+        draft=await draft_read(session, new) if new else None,
+        suggestions=conversation.suggestions,
+    )
+
+
+@router.post("/conversations/{conversation_id}/drafts", response_model=DraftRead, status_code=201)
+async def use_faq_entry(
+    conversation_id: int, body: UseFaq, session: SessionDep, agent: CurrentAgent
+) -> DraftRead:
+    """Build a draft from the FAQ entry the agent picked."""
+    conversation = await service.get_conversation(session, conversation_id=conversation_id)
+    if isinstance(body.faq_entry, str) and not body.faq_entry.strip():
+        raise Invalid("faq_entry is empty")
+    entry = await knowledge_service.find_entry(session, ref=body.faq_entry)
+    draft = await drafting_service.draft_from_entry(
+        session, agent=agent, conversation=conversation, entry=entry
+    )
+    return await draft_read(session, draft)

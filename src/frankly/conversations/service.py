@@ -1,0 +1,638 @@
+"""Conversations: ingest of customer messages, listing, and the one human send gate."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frankly import metrics
+from frankly.audit import service as audit_service
+from frankly.auth.models import Agent
+from frankly.conversations.models import (
+    Contact,
+    Conversation,
+    ConversationStatus,
+    DeliveryStatus,
+    Direction,
+    Draft,
+    DraftingState,
+    DraftStatus,
+    Message,
+    Origin,
+)
+from frankly.conversations.similarity import DERIVED_THRESHOLD, same_text, similarity
+from frankly.db import utcnow
+from frankly.drafting import disclosure
+from frankly.errors import Conflict, Forbidden, Invalid, NotFound
+from frankly.knowledge import service as knowledge_service
+from frankly.knowledge.models import ExampleLabel, FaqEntry
+
+
+async def _insert_ignore(
+    session: AsyncSession, model: type[Any], values: dict[str, Any], keys: Sequence[str]
+) -> None:
+    """INSERT … ON CONFLICT DO NOTHING on the unique `keys` (both backends support it)."""
+    dialect = session.get_bind().dialect.name
+    table = model.__table__
+    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**values)
+    await session.execute(statement.on_conflict_do_nothing(index_elements=list(keys)))
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    conversation: Conversation
+    message: Message
+    duplicate: bool
+
+
+async def ingest(
+    session: AsyncSession,
+    *,
+    channel: str,
+    conversation_external_id: str,
+    message_external_id: str,
+    text: str,
+    contact_external_id: str | None = None,
+    contact_name: str | None = None,
+    contact_language: str | None = None,
+    context: dict[str, Any] | None = None,
+    attachments: list[dict[str, Any]] | None = None,
+    created_at: datetime | None = None,
+) -> IngestResult:
+    """Store one customer message, once per (channel, message id); never creates outbound messages.
+
+    A new message is queued for drafting (the caller enqueues the job in the same transaction).
+    """
+    now = utcnow()
+    contact_key = contact_external_id or conversation_external_id
+    await _insert_ignore(
+        session,
+        Contact,
+        {
+            "channel": channel,
+            "external_id": contact_key,
+            "display_name": contact_name,
+            "language": contact_language,
+            "created_at": now,
+        },
+        ("channel", "external_id"),
+    )
+    contact = await session.scalar(
+        select(Contact).where(Contact.channel == channel, Contact.external_id == contact_key)
+    )
+    assert contact is not None
+    if contact_name and contact.display_name != contact_name:
+        contact.display_name = contact_name
+    if contact_language and contact.language != contact_language:
+        contact.language = contact_language
+
+    await _insert_ignore(
+        session,
+        Conversation,
+        {
+            "channel": channel,
+            "external_id": conversation_external_id,
+            "contact_id": contact.id,
+            "status": ConversationStatus.OPEN.value,
+            "language": contact_language,
+            "context": context or {},
+            "needs_reply": False,
+            "needs_human": False,
+            "suggestions": [],
+            "last_activity_at": now,
+            "created_at": now,
+        },
+        ("channel", "external_id"),
+    )
+    conversation = await session.scalar(
+        select(Conversation).where(
+            Conversation.channel == channel,
+            Conversation.external_id == conversation_external_id,
+        )
+    )
+    assert conversation is not None
+
+    existing = await session.scalar(
+        select(Message).where(
+            Message.channel == channel, Message.channel_message_id == message_external_id
+        )
+    )
+    if existing is not None:
+        metrics.INBOUND_DUPLICATES.labels(channel).inc()
+        return IngestResult(conversation, existing, duplicate=True)
+
+    await _insert_ignore(
+        session,
+        Message,
+        {
+            "conversation_id": conversation.id,
+            "channel": channel,
+            "direction": Direction.IN.value,
+            "text": text,
+            "attachments": attachments or [],
+            "channel_message_id": message_external_id,
+            "created_at": created_at or now,
+            "drafting": DraftingState.QUEUED.value,
+        },
+        ("channel", "channel_message_id"),
+    )
+    message = await session.scalar(
+        select(Message).where(
+            Message.channel == channel, Message.channel_message_id == message_external_id
+        )
+    )
+    assert message is not None
+    if message.conversation_id != conversation.id or message.drafting != DraftingState.QUEUED:
+        # Lost a race with an identical request: report the first one's result.
+        return IngestResult(conversation, message, duplicate=True)
+
+    if context:
+        conversation.context = {**conversation.context, **context}
+    if contact_language and not conversation.language:
+        conversation.language = contact_language
+    conversation.last_activity_at = now
+    conversation.needs_reply = True
+    if conversation.status == ConversationStatus.RESOLVED:
+        conversation.status = ConversationStatus.OPEN
+    await session.flush()
+    metrics.INBOUND.labels(channel).inc()
+    return IngestResult(conversation, message, duplicate=False)
+
+
+# ---------------------------------------------------------------- reading
+
+
+async def get_conversation(session: AsyncSession, *, conversation_id: int) -> Conversation:
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise NotFound(f"no conversation with id {conversation_id}")
+    return conversation
+
+
+async def get_contact(session: AsyncSession, *, conversation: Conversation) -> Contact:
+    contact = await session.get(Contact, conversation.contact_id)
+    assert contact is not None
+    return contact
+
+
+async def get_message(session: AsyncSession, *, message_id: int) -> Message:
+    message = await session.get(Message, message_id)
+    if message is None:
+        raise NotFound(f"no message with id {message_id}")
+    return message
+
+
+async def list_messages(session: AsyncSession, *, conversation: Conversation) -> list[Message]:
+    query = select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
+    return list((await session.scalars(query)).all())
+
+
+async def recent_customer_texts(
+    session: AsyncSession, *, message: Message, limit: int = 3
+) -> list[str]:
+    """The customer's messages just before `message` (oldest first), for follow-up questions."""
+    query = (
+        select(Message.text)
+        .where(
+            Message.conversation_id == message.conversation_id,
+            Message.direction == Direction.IN,
+            Message.id < message.id,
+        )
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    return list(reversed((await session.scalars(query)).all()))
+
+
+async def latest_inbound(session: AsyncSession, *, conversation: Conversation) -> Message | None:
+    query = (
+        select(Message)
+        .where(Message.conversation_id == conversation.id, Message.direction == Direction.IN)
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    return await session.scalar(query)
+
+
+async def get_draft(session: AsyncSession, *, draft_id: int) -> Draft:
+    draft = await session.get(Draft, draft_id)
+    if draft is None:
+        raise NotFound(f"no draft with id {draft_id}")
+    return draft
+
+
+async def list_drafts(session: AsyncSession, *, conversation: Conversation) -> list[Draft]:
+    query = select(Draft).where(Draft.conversation_id == conversation.id).order_by(Draft.id)
+    return list((await session.scalars(query)).all())
+
+
+@dataclass(slots=True)
+class ConversationFilters:
+    status: ConversationStatus | None = None
+    needs_reply: bool | None = None
+    has_draft: bool | None = None
+    abstained: bool | None = None
+    assigned: str | None = None  # "me", "none", "any" or an agent id
+    channel: str | None = None
+    language: str | None = None
+    q: str | None = None
+
+
+def _has_pending_draft() -> Any:
+    return exists().where(
+        Draft.conversation_id == Conversation.id, Draft.status == DraftStatus.PENDING
+    )
+
+
+def filtered_query(filters: ConversationFilters, *, agent: Agent) -> Select[tuple[Conversation]]:
+    query = select(Conversation)
+    if filters.status is not None:
+        query = query.where(Conversation.status == filters.status)
+    if filters.needs_reply is not None:
+        query = query.where(Conversation.needs_reply.is_(filters.needs_reply))
+    if filters.has_draft is not None:
+        query = query.where(_has_pending_draft() if filters.has_draft else ~_has_pending_draft())
+    if filters.abstained is not None:
+        query = query.where(Conversation.needs_human.is_(filters.abstained))
+    if filters.assigned == "me":
+        query = query.where(Conversation.assigned_agent_id == agent.id)
+    elif filters.assigned == "none":
+        query = query.where(Conversation.assigned_agent_id.is_(None))
+    elif filters.assigned == "any":
+        query = query.where(Conversation.assigned_agent_id.is_not(None))
+    elif filters.assigned:
+        if not filters.assigned.isdigit():
+            raise Invalid("assigned must be 'me', 'none', 'any' or an agent id")
+        query = query.where(Conversation.assigned_agent_id == int(filters.assigned))
+    if filters.channel:
+        query = query.where(Conversation.channel == filters.channel)
+    if filters.language:
+        query = query.where(Conversation.language == filters.language)
+    if filters.q:
+        pattern = "%" + filters.q.lower().replace("\\", "\\\\").replace("%", "\\%") + "%"
+        query = query.where(
+            exists().where(
+                Message.conversation_id == Conversation.id,
+                func.lower(Message.text).like(pattern, escape="\\"),
+            )
+        )
+    return query
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    raw = f"{conversation.last_activity_at.isoformat()}|{conversation.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        stamp, ident = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(stamp), int(ident)
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("cursor is not one this API returned") from None
+
+
+async def list_conversations(
+    session: AsyncSession,
+    *,
+    agent: Agent,
+    filters: ConversationFilters,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Conversation], str | None]:
+    """Newest activity first, with an opaque cursor for the next page."""
+    query = filtered_query(filters, agent=agent)
+    if cursor:
+        stamp, ident = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                Conversation.last_activity_at < stamp,
+                and_(Conversation.last_activity_at == stamp, Conversation.id < ident),
+            )
+        )
+    query = query.order_by(Conversation.last_activity_at.desc(), Conversation.id.desc())
+    rows = list((await session.scalars(query.limit(limit + 1))).all())
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+async def pending_draft_ids(session: AsyncSession, *, conversation_ids: Sequence[int]) -> set[int]:
+    if not conversation_ids:
+        return set()
+    query = select(Draft.conversation_id).where(
+        Draft.conversation_id.in_(conversation_ids), Draft.status == DraftStatus.PENDING
+    )
+    return set((await session.scalars(query)).all())
+
+
+# ---------------------------------------------------------------- drafts (written by drafting)
+
+
+async def record_draft(
+    session: AsyncSession,
+    *,
+    message: Message,
+    text: str,
+    language: str,
+    entry: FaqEntry | None,
+    confidence: float | None,
+    engine: str,
+    why: dict[str, Any],
+    requested_by: Agent | None = None,
+) -> Draft:
+    """Store a proposed reply; older pending drafts in the conversation become superseded."""
+    conversation = await get_conversation(session, conversation_id=message.conversation_id)
+    await session.execute(
+        update(Draft)
+        .where(Draft.conversation_id == conversation.id, Draft.status == DraftStatus.PENDING)
+        .values(status=DraftStatus.SUPERSEDED, decided_at=utcnow())
+    )
+    draft = Draft(
+        conversation_id=conversation.id,
+        message_id=message.id,
+        text=text,
+        language=language,
+        faq_entry_id=entry.id if entry else None,
+        faq_version=entry.version if entry else None,
+        confidence=confidence,
+        engine=engine,
+        why=why,
+        requested_by_id=requested_by.id if requested_by else None,
+    )
+    session.add(draft)
+    conversation.needs_human = False
+    await session.flush()
+    return draft
+
+
+async def record_abstention(
+    session: AsyncSession, *, message: Message, suggestions: list[dict[str, Any]]
+) -> None:
+    conversation = await get_conversation(session, conversation_id=message.conversation_id)
+    conversation.needs_human = True
+    conversation.suggestions = suggestions
+    await session.flush()
+
+
+async def claim_drafting(
+    session: AsyncSession, *, message: Message, state: DraftingState, language: str | None
+) -> bool:
+    """Move an inbound message out of QUEUED exactly once; False when another run got there first."""
+    result = await session.execute(
+        update(Message)
+        .where(Message.id == message.id, Message.drafting == DraftingState.QUEUED)
+        .values(drafting=state, language=language)
+        .execution_options(synchronize_session=False)
+    )
+    claimed = getattr(result, "rowcount", 0) == 1
+    if claimed:
+        message.drafting = state
+        message.language = language
+    return claimed
+
+
+# ---------------------------------------------------------------- the send gate
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    origin: Origin
+    similarity: float | None
+    disclosure: disclosure.Disclosure | None
+    body: str
+
+
+async def _has_ai_reply(session: AsyncSession, *, conversation: Conversation) -> bool:
+    query = select(Message.id).where(
+        Message.conversation_id == conversation.id,
+        Message.direction == Direction.OUT,
+        Message.origin.in_([Origin.DRAFT_AS_IS, Origin.DRAFT_EDITED]),
+    )
+    return await session.scalar(query.limit(1)) is not None
+
+
+async def classify(
+    session: AsyncSession,
+    *,
+    conversation: Conversation,
+    draft: Draft | None,
+    text: str | None,
+    threshold: float = DERIVED_THRESHOLD,
+) -> Provenance:
+    """The provenance a reply will get (used by the gate and by the inbox's preview)."""
+    if draft is None:
+        if text is None:
+            raise Invalid("text is required for a reply written by a person")
+        return Provenance(Origin.HUMAN_WRITTEN, None, None, text)
+    body = draft.text if text is None else disclosure.strip(text)
+    if not body:
+        raise Invalid("text is empty once the disclosure is removed")
+    score = similarity(draft.text, body)
+    if same_text(draft.text, body):
+        origin = Origin.DRAFT_AS_IS
+    elif score >= threshold:
+        origin = Origin.DRAFT_EDITED
+    else:
+        return Provenance(Origin.HUMAN_WRITTEN, score, None, body)
+    kind = (
+        disclosure.DisclosureKind.MARKER
+        if await _has_ai_reply(session, conversation=conversation)
+        else disclosure.DisclosureKind.INTRO
+    )
+    return Provenance(origin, score, disclosure.disclosure_for(kind, draft.language), body)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message: Message
+    created: bool
+
+
+async def _by_idempotency_key(session: AsyncSession, *, agent: Agent, key: str) -> Message | None:
+    return await session.scalar(
+        select(Message).where(Message.sent_by_id == agent.id, Message.idempotency_key == key)
+    )
+
+
+async def send_reply(
+    session: AsyncSession,
+    *,
+    agent: Agent,
+    conversation: Conversation,
+    text: str | None,
+    idempotency_key: str,
+    draft: Draft | None = None,
+    derived_threshold: float = DERIVED_THRESHOLD,
+) -> SendResult:
+    """THE ONLY WAY an outbound customer message is created: a person's action, with provenance.
+
+    Repeating an idempotency key returns the first result and sends nothing; acting on a draft that
+    is no longer pending is a Conflict. Disclosure is applied here, never by the client.
+    """
+    if not isinstance(agent, Agent) or not agent.is_active:
+        raise Forbidden("only an active, signed-in agent can send a reply")
+    key = idempotency_key.strip()
+    if not key or len(key) > 128:
+        raise Invalid("idempotency_key must be 1–128 characters")
+    previous = await _by_idempotency_key(session, agent=agent, key=key)
+    if previous is not None:
+        same_target = previous.conversation_id == conversation.id and (
+            draft is None or previous.draft_id == draft.id
+        )
+        if not same_target:
+            raise Conflict("idempotency_key was already used for a different reply")
+        return SendResult(previous, created=False)
+    if draft is not None:
+        if draft.conversation_id != conversation.id:
+            raise Invalid(f"draft {draft.id} does not belong to conversation {conversation.id}")
+        if draft.status != DraftStatus.PENDING:
+            raise Conflict(f"draft {draft.id} is already {draft.status.value}")
+
+    provenance = await classify(
+        session, conversation=conversation, draft=draft, text=text, threshold=derived_threshold
+    )
+    now = utcnow()
+    if draft is not None:
+        new_status = (
+            DraftStatus.SUPERSEDED
+            if provenance.origin == Origin.HUMAN_WRITTEN
+            else DraftStatus.SENT
+        )
+        result = await session.execute(
+            update(Draft)
+            .where(Draft.id == draft.id, Draft.status == DraftStatus.PENDING)
+            .values(status=new_status, decided_by_id=agent.id, decided_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) != 1:
+            raise Conflict(f"draft {draft.id} was acted on by someone else")
+        draft.status, draft.decided_by_id, draft.decided_at = new_status, agent.id, now
+
+    sent_text = provenance.body
+    if provenance.disclosure is not None:
+        sent_text = disclosure.apply(provenance.body, provenance.disclosure)
+    message = Message(
+        conversation_id=conversation.id,
+        channel=conversation.channel,
+        direction=Direction.OUT,
+        text=sent_text,
+        body_text=provenance.body,
+        origin=provenance.origin,
+        draft_id=draft.id if draft else None,
+        faq_entry_id=draft.faq_entry_id if draft else None,
+        faq_version=draft.faq_version if draft else None,
+        sent_by_id=agent.id,
+        similarity=provenance.similarity,
+        disclosure_id=provenance.disclosure.id if provenance.disclosure else None,
+        disclosure_version=provenance.disclosure.version if provenance.disclosure else None,
+        idempotency_key=key,
+        delivery_status=DeliveryStatus.QUEUED,
+        language=draft.language if draft else conversation.language,
+        created_at=now,
+    )
+    session.add(message)
+    # Any other pending draft is now stale: a person has answered.
+    await session.execute(
+        update(Draft)
+        .where(Draft.conversation_id == conversation.id, Draft.status == DraftStatus.PENDING)
+        .values(status=DraftStatus.SUPERSEDED, decided_by_id=agent.id, decided_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    conversation.needs_reply = False
+    conversation.needs_human = False
+    conversation.last_activity_at = now
+    await session.flush()
+
+    if draft is not None and draft.faq_entry_id and provenance.origin != Origin.HUMAN_WRITTEN:
+        inbound = await get_message(session, message_id=draft.message_id)
+        entry = await knowledge_service.get_entry(session, entry_id=draft.faq_entry_id)
+        await knowledge_service.add_example(
+            session,
+            entry=entry,
+            text=inbound.text,
+            language=inbound.language,
+            message_id=inbound.id,
+            agent=agent,
+        )
+    await audit_service.record(
+        session,
+        agent=agent,
+        action="message.send",
+        target_type="message",
+        target_id=message.id,
+        detail={
+            "conversation_id": conversation.id,
+            "origin": provenance.origin.value,
+            "draft_id": draft.id if draft else None,
+            "similarity": provenance.similarity,
+            "disclosure": provenance.disclosure.id if provenance.disclosure else None,
+        },
+    )
+    metrics.SENDS.labels(provenance.origin.value).inc()
+    return SendResult(message, created=True)
+
+
+async def discard_draft(session: AsyncSession, *, agent: Agent, draft: Draft) -> Draft:
+    """A person rejects a draft; its entry counts against this customer message from now on."""
+    now = utcnow()
+    result = await session.execute(
+        update(Draft)
+        .where(Draft.id == draft.id, Draft.status == DraftStatus.PENDING)
+        .values(status=DraftStatus.DISCARDED, decided_by_id=agent.id, decided_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        await session.refresh(draft)
+        raise Conflict(f"draft {draft.id} is already {draft.status.value}")
+    draft.status, draft.decided_by_id, draft.decided_at = DraftStatus.DISCARDED, agent.id, now
+    if draft.faq_entry_id:
+        inbound = await get_message(session, message_id=draft.message_id)
+        entry = await knowledge_service.get_entry(session, entry_id=draft.faq_entry_id)
+        await knowledge_service.add_example(
+            session,
+            entry=entry,
+            text=inbound.text,
+            label=ExampleLabel.REJECTED,
+            language=inbound.language,
+            message_id=inbound.id,
+            agent=agent,
+        )
+    conversation = await get_conversation(session, conversation_id=draft.conversation_id)
+    if conversation.needs_reply:
+        conversation.needs_human = True
+    await audit_service.record(
+        session,
+        agent=agent,
+        action="draft.discard",
+        target_type="draft",
+        target_id=draft.id,
+        detail={"conversation_id": draft.conversation_id, "faq_entry_id": draft.faq_entry_id},
+    )
+    metrics.DRAFTS.labels("discarded").inc()
+    return draft
+
+
+async def supersede_draft(session: AsyncSession, *, agent: Agent, draft: Draft) -> None:
+    result = await session.execute(
+        update(Draft)
+        .where(Draft.id == draft.id, Draft.status == DraftStatus.PENDING)
+        .values(status=DraftStatus.SUPERSEDED, decided_by_id=agent.id, decided_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        await session.refresh(draft)
+        raise Conflict(f"draft {draft.id} is already {draft.status.value}")
+    draft.status = DraftStatus.SUPERSEDED
+
+
+async def count_outbound(session: AsyncSession) -> int:
+    query = select(func.count(Message.id)).where(Message.direction == Direction.OUT)
+    return int(await session.scalar(query) or 0)

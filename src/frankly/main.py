@@ -1,0 +1,130 @@
+"""create_app(): routers, error handlers, and the lifespan that starts and stops workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from frankly import __version__
+from frankly.auth.router import router as auth_router
+from frankly.config import Settings, get_settings
+from frankly.conversations.router import router as conversations_router
+from frankly.db import Database
+from frankly.desk.router import router as desk_router
+from frankly.errors import FranklyError
+from frankly.knowledge.router import router as knowledge_router
+from frankly.worker.runner import Worker
+
+log = logging.getLogger("frankly")
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def _error(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(part) for part in loc if part not in {"body"}] or ["body"]
+    return ".".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FranklyError)
+    async def frankly_error(_request: Request, exc: FranklyError) -> JSONResponse:
+        return _error(exc.status_code, exc.error, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors()[:5]:
+            message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{_field(err.get('loc', ()))}: {message}")
+        return _error(422, "invalid", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        names = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
+        return _error(exc.status_code, names.get(exc.status_code, "error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return _error(500, "internal", "unexpected server error; it has been logged")
+
+
+def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database or Database(settings.database_url)
+        app.state.db = db
+        worker = None
+        if settings.run_workers:
+            worker = Worker(
+                db,
+                concurrency=settings.worker_concurrency,
+                poll_seconds=settings.worker_poll_seconds,
+                lease_seconds=settings.job_lease_seconds,
+            )
+            worker.start()
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            if database is None:
+                await db.dispose()
+
+    app = FastAPI(
+        title="Frankly",
+        version=__version__,
+        description="A support inbox where a disclosed assistant drafts and a person sends.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return _error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
+    app.include_router(auth_router)
+    app.include_router(conversations_router)
+    app.include_router(knowledge_router)
+    app.include_router(desk_router)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz(request: Request) -> JSONResponse:
+        """200 when the database answers, 503 when it does not."""
+        db: Database = request.app.state.db
+        try:
+            async with db.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "database": f"unreachable: {type(exc).__name__}"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ok", "database": db.dialect, "version": __version__})
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

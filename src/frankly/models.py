@@ -1,0 +1,26 @@
+"""Imports every domain's tables so metadata (and Alembic) sees them all."""
+
+from frankly.audit.models import AuditEvent
+from frankly.auth.models import Agent, ApiToken, AuthSession
+from frankly.conversations.models import Contact, Conversation, Draft, Message
+from frankly.db import Base
+from frankly.desk.models import DeskSetting
+from frankly.knowledge.models import FaqEntry, FaqVersion, LearnedExample
+from frankly.worker.models import Job
+
+__all__ = [
+    "Agent",
+    "ApiToken",
+    "AuditEvent",
+    "AuthSession",
+    "Base",
+    "Contact",
+    "Conversation",
+    "DeskSetting",
+    "Draft",
+    "FaqEntry",
+    "FaqVersion",
+    "Job",
+    "LearnedExample",
+    "Message",
+]

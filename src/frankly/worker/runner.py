@@ -1,0 +1,141 @@
+"""The worker loop: claims jobs, runs their handler in its own session, retries failures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frankly import metrics
+from frankly.db import Database
+from frankly.worker import service as worker_service
+
+log = logging.getLogger("frankly.worker")
+
+Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def job(name: str) -> Callable[[Handler], Handler]:
+    """Register a job handler by name; handlers must be safe to run twice."""
+
+    def register(func: Handler) -> Handler:
+        HANDLERS[name] = func
+        return func
+
+    return register
+
+
+def load_handlers() -> None:
+    import frankly.drafting.jobs  # noqa: F401  (registers its handlers)
+
+
+class Worker:
+    """Runs jobs from the table until stopped; several may run on one database."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        concurrency: int = 1,
+        poll_seconds: float = 1.0,
+        lease_seconds: int = 120,
+        name: str | None = None,
+    ) -> None:
+        load_handlers()
+        self.database = database
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.lease_seconds = lease_seconds
+        self.id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        """Tell the loop new work was committed (saves waiting for the next poll)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._tasks = [
+            asyncio.create_task(self._loop(n), name=f"frankly-worker-{n}")
+            for n in range(self.concurrency)
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except TimeoutError:
+                task.cancel()
+        self._tasks = []
+
+    async def run_forever(self) -> None:
+        self.start()
+        await asyncio.gather(*self._tasks)
+
+    async def _loop(self, n: int) -> None:
+        worker_id = f"{self.id}/{n}"
+        while not self._stop.is_set():
+            try:
+                ran = await self.run_once(worker_id)
+            except Exception:  # the loop must survive a database hiccup
+                log.exception("worker %s: claim failed", worker_id)
+                ran = 0
+            if ran:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+            except TimeoutError:
+                pass
+
+    async def run_once(self, worker_id: str | None = None) -> int:
+        """Claim and run at most one job; returns how many ran (0 or 1)."""
+        worker_id = worker_id or self.id
+        async with self.database.sessionmaker() as session:
+            jobs = await worker_service.claim(
+                session, worker_id=worker_id, lease_seconds=self.lease_seconds
+            )
+            await session.commit()
+        for claimed in jobs:
+            handler = HANDLERS.get(claimed.name)
+            try:
+                if handler is None:
+                    raise LookupError(f"no handler for job {claimed.name!r}")
+                async with self.database.sessionmaker() as session:
+                    await handler(session, claimed.payload)
+                    await worker_service.finish(session, job_id=claimed.id, worker_id=worker_id)
+                    await session.commit()
+                metrics.JOBS.labels(claimed.name, "done").inc()
+            except Exception as exc:
+                log.warning("job %s (%s) failed: %s", claimed.id, claimed.name, exc)
+                async with self.database.sessionmaker() as session:
+                    final = await worker_service.fail(
+                        session,
+                        job=claimed,
+                        worker_id=worker_id,
+                        error="".join(traceback.format_exception_only(exc)).strip(),
+                    )
+                    await session.commit()
+                metrics.JOBS.labels(claimed.name, "failed" if final else "retry").inc()
+        return len(jobs)
+
+    async def drain(self, max_jobs: int = 10_000) -> int:
+        """Run jobs until none is due (tests and the CLI use this)."""
+        total = 0
+        while total < max_jobs:
+            ran = await self.run_once()
+            if not ran:
+                break
+            total += ran
+        return total

@@ -1,0 +1,108 @@
+"""Queueing and claiming jobs in the database (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frankly.db import utcnow
+from frankly.worker.models import Job, JobStatus
+
+
+async def enqueue(
+    session: AsyncSession, *, name: str, payload: dict[str, Any], max_attempts: int = 5
+) -> Job:
+    """Add a job in the caller's transaction: it exists exactly when the work that needs it does."""
+    job = Job(name=name, payload=payload, max_attempts=max_attempts)
+    session.add(job)
+    await session.flush()
+    return job
+
+
+async def claim(
+    session: AsyncSession, *, worker_id: str, lease_seconds: int, limit: int = 1
+) -> list[Job]:
+    """Take due jobs (or jobs whose lease expired) for this worker; commit right after."""
+    now = utcnow()
+    candidates = (
+        select(Job.id)
+        .where(
+            or_(
+                (Job.status == JobStatus.QUEUED) & (Job.run_after <= now),
+                (Job.status == JobStatus.RUNNING) & (Job.locked_until < now),
+            )
+        )
+        .order_by(Job.run_after, Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.scalars(candidates)).all())
+    if not ids:
+        return []
+    claimed = []
+    for job_id in ids:
+        result = await session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == JobStatus.QUEUED,
+                    (Job.status == JobStatus.RUNNING) & (Job.locked_until < now),
+                ),
+            )
+            .values(
+                status=JobStatus.RUNNING,
+                locked_by=worker_id,
+                locked_until=now + timedelta(seconds=lease_seconds),
+                attempts=Job.attempts + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(result, "rowcount", 0) == 1:
+            claimed.append(job_id)
+    if not claimed:
+        return []
+    jobs = await session.scalars(
+        select(Job).where(Job.id.in_(claimed)).execution_options(populate_existing=True)
+    )
+    return list(jobs.all())
+
+
+async def finish(session: AsyncSession, *, job_id: int, worker_id: str) -> None:
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.locked_by == worker_id)
+        .values(status=JobStatus.DONE, finished_at=utcnow(), locked_until=None, last_error=None)
+    )
+
+
+async def fail(
+    session: AsyncSession, *, job: Job, worker_id: str, error: str, base_delay: float = 2.0
+) -> bool:
+    """Record a failure; retry later with exponential backoff unless attempts ran out."""
+    final = job.attempts >= job.max_attempts
+    delay = timedelta(seconds=base_delay * (2 ** max(job.attempts - 1, 0)))
+    await session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.locked_by == worker_id)
+        .values(
+            status=JobStatus.FAILED if final else JobStatus.QUEUED,
+            run_after=utcnow() + delay,
+            locked_until=None,
+            last_error=error[:4000],
+            finished_at=utcnow() if final else None,
+        )
+    )
+    return final
+
+
+async def counts(session: AsyncSession) -> dict[str, int]:
+    from sqlalchemy import func
+
+    rows = await session.execute(select(Job.status, func.count(Job.id)).group_by(Job.status))
+    return {
+        str(status.value if hasattr(status, "value") else status): n for status, n in rows.tuples()
+    }
