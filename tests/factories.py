@@ -23,43 +23,73 @@ FAQ = [
     {
         "slug": "payment-banks",
         "question": "Which banks can I pay from?",
-        "paraphrases": ["which bank?", "what bank do you accept", "на какой банк переводить",
-                        "какие банки принимаете"],
-        "answers": {"en": "We accept transfers from T-Bank and Sber.",
-                    "ru": "Принимаем переводы с Т-Банка и Сбера."},
+        "paraphrases": [
+            "which bank?",
+            "what bank do you accept",
+            "на какой банк переводить",
+            "какие банки принимаете",
+        ],
+        "answers": {
+            "en": "We accept transfers from T-Bank and Sber.",
+            "ru": "Принимаем переводы с Т-Банка и Сбера.",
+        },
     },
     {
         "slug": "payment-amount",
         "question": "How much should I send?",
-        "paraphrases": ["how much do I pay", "what amount should I transfer", "сколько платить",
-                        "какую сумму переводить"],
-        "answers": {"en": "Please send exactly {{order.amount}} {{order.currency}}.",
-                    "ru": "Пожалуйста, переведите ровно {{order.amount}} {{order.currency}}."},
+        "paraphrases": [
+            "how much do I pay",
+            "what amount should I transfer",
+            "сколько платить",
+            "какую сумму переводить",
+        ],
+        "answers": {
+            "en": "Please send exactly {{order.amount}} {{order.currency}}.",
+            "ru": "Пожалуйста, переведите ровно {{order.amount}} {{order.currency}}.",
+        },
     },
     {
         "slug": "paid-release",
         "question": "I paid, please release",
-        "paraphrases": ["i paid release pls", "payment sent, release coins", "я оплатил, отпустите",
-                        "оплатил отпускай"],
-        "answers": {"en": "Thanks, a person will check the payment.",
-                    "ru": "Спасибо, сотрудник проверит оплату."},
+        "paraphrases": [
+            "i paid release pls",
+            "payment sent, release coins",
+            "я оплатил, отпустите",
+            "оплатил отпускай",
+        ],
+        "answers": {
+            "en": "Thanks, a person will check the payment.",
+            "ru": "Спасибо, сотрудник проверит оплату.",
+        },
         "never_draft": True,
     },
     {
         "slug": "third-party",
         "question": "Can I pay from someone else's card?",
-        "paraphrases": ["can I pay from my wife's card", "pay from a friend's account",
-                        "можно оплатить с карты жены", "с чужой карты можно"],
-        "answers": {"en": "No: the payment must come from an account in your own name.",
-                    "ru": "Нет: оплата должна идти со счёта на ваше имя."},
+        "paraphrases": [
+            "can I pay from my wife's card",
+            "pay from a friend's account",
+            "можно оплатить с карты жены",
+            "с чужой карты можно",
+        ],
+        "answers": {
+            "en": "No: the payment must come from an account in your own name.",
+            "ru": "Нет: оплата должна идти со счёта на ваше имя.",
+        },
     },
     {
         "slug": "working-hours",
         "question": "What are your working hours?",
-        "paraphrases": ["when are you online", "are you open now", "часы работы",
-                        "когда вы работаете"],
-        "answers": {"en": "We work from 09:00 to 23:00 Moscow time.",
-                    "ru": "Мы работаем с 09:00 до 23:00 по Москве."},
+        "paraphrases": [
+            "when are you online",
+            "are you open now",
+            "часы работы",
+            "когда вы работаете",
+        ],
+        "answers": {
+            "en": "We work from 09:00 to 23:00 Moscow time.",
+            "ru": "Мы работаем с 09:00 до 23:00 по Москве.",
+        },
     },
 ]
 
@@ -97,9 +127,7 @@ async def make_desk(db: Database, *, faq: list[dict[str, Any]] | None = None) ->
         agent_token = await auth_service.create_token(session, name="anna", agent=agent)
         admin_token = await auth_service.create_token(session, name="admin", agent=admin)
         for item in FAQ if faq is None else faq:
-            await knowledge_service.create_entry(
-                session, data=FaqEntryCreate(**item), agent=admin
-            )
+            await knowledge_service.create_entry(session, data=FaqEntryCreate(**item), agent=admin)
         await commit(session)
     return Desk(db, admin, agent, channel.token, agent_token.token, admin_token.token)
 
@@ -119,8 +147,12 @@ async def post_inbound(
 ) -> dict[str, Any]:
     response = await client.post(
         "/api/v1/inbound",
-        json={"conversation_id": conversation_id, "message_id": message_id or key(),
-              "text": text, **extra},
+        json={
+            "conversation_id": conversation_id,
+            "message_id": message_id or key(),
+            "text": text,
+            **extra,
+        },
         headers=desk.as_channel(),
     )
     assert response.status_code == 202, response.text
@@ -133,8 +165,7 @@ async def run_jobs(db: Database) -> int:
 
 
 async def conversation(client: httpx.AsyncClient, desk: Desk, conversation_id: int) -> Any:
-    response = await client.get(f"/api/v1/conversations/{conversation_id}",
-                                headers=desk.as_agent())
+    response = await client.get(f"/api/v1/conversations/{conversation_id}", headers=desk.as_agent())
     assert response.status_code == 200, response.text
     return response.json()
 

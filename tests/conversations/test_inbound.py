@@ -19,15 +19,22 @@ class TestAccept:
     async def test_stores_message_and_queues_drafting(self, client: httpx.AsyncClient, db) -> None:
         desk = await make_desk(db)
         body = await post_inbound(
-            client, desk, "which bank?", conversation_id="order-1", message_id="m-1",
+            client,
+            desk,
+            "which bank?",
+            conversation_id="order-1",
+            message_id="m-1",
             contact={"name": "Dmitry", "language": "ru"},
             context={"order": {"amount": "15000", "currency": "RUB"}},
         )
         assert body["duplicate"] is False and body["drafting"] == "queued"
         assert await _count(db, Message) == 1
         assert await _count(db, Job) == 1
-        detail = (await client.get(f"/api/v1/conversations/{body['conversation_id']}",
-                                   headers=desk.as_agent())).json()
+        detail = (
+            await client.get(
+                f"/api/v1/conversations/{body['conversation_id']}", headers=desk.as_agent()
+            )
+        ).json()
         assert detail["context"]["order"]["amount"] == "15000"
         assert detail["contact"]["display_name"] == "Dmitry"
         assert detail["language"] == "ru"
@@ -45,8 +52,11 @@ class TestAccept:
         desk = await make_desk(db)
         await post_inbound(client, desk, "a", conversation_id="c", context={"order": {"id": "1"}})
         body = await post_inbound(client, desk, "b", conversation_id="c", context={"x": 1})
-        detail = (await client.get(f"/api/v1/conversations/{body['conversation_id']}",
-                                   headers=desk.as_agent())).json()
+        detail = (
+            await client.get(
+                f"/api/v1/conversations/{body['conversation_id']}", headers=desk.as_agent()
+            )
+        ).json()
         assert detail["context"] == {"order": {"id": "1"}, "x": 1}
 
 
@@ -66,8 +76,10 @@ class TestDedupe:
         desk = await make_desk(db)
         payload = {"conversation_id": "c", "message_id": "race", "text": "hi there"}
         responses = await asyncio.gather(
-            *[client.post("/api/v1/inbound", json=payload, headers=desk.as_channel())
-              for _ in range(5)]
+            *[
+                client.post("/api/v1/inbound", json=payload, headers=desk.as_channel())
+                for _ in range(5)
+            ]
         )
         assert {r.status_code for r in responses} == {202}, [r.text for r in responses]
         assert len({r.json()["message_id"] for r in responses}) == 1
@@ -83,8 +95,8 @@ class TestDedupe:
             await session.commit()
         await post_inbound(client, desk, "hi", message_id="same")
         response = await client.post(
-            "/api/v1/inbound", json={"conversation_id": "conv-1", "message_id": "same",
-                                     "text": "hi"},
+            "/api/v1/inbound",
+            json={"conversation_id": "conv-1", "message_id": "same", "text": "hi"},
             headers={"Authorization": f"Bearer {other.token}"},
         )
         assert response.json()["duplicate"] is False
@@ -95,7 +107,8 @@ class TestBadInput:
     async def test_missing_field_names_it(self, client, db) -> None:
         desk = await make_desk(db)
         response = await client.post(
-            "/api/v1/inbound", json={"conversation_id": "c", "text": "x"},
+            "/api/v1/inbound",
+            json={"conversation_id": "c", "text": "x"},
             headers=desk.as_channel(),
         )
         assert response.status_code == 422
@@ -105,8 +118,9 @@ class TestBadInput:
     async def test_malformed_json_is_422(self, client, db) -> None:
         desk = await make_desk(db)
         response = await client.post(
-            "/api/v1/inbound", content=b"{not json", headers={
-                **desk.as_channel(), "content-type": "application/json"},
+            "/api/v1/inbound",
+            content=b"{not json",
+            headers={**desk.as_channel(), "content-type": "application/json"},
         )
         assert response.status_code == 422
 
@@ -141,8 +155,8 @@ class TestBadInput:
     async def test_only_control_characters_is_422(self, client, db) -> None:
         desk = await make_desk(db)
         response = await client.post(
-            "/api/v1/inbound", json={"conversation_id": "c", "message_id": "m",
-                                     "text": "\x00\x01 "},
+            "/api/v1/inbound",
+            json={"conversation_id": "c", "message_id": "m", "text": "\x00\x01 "},
             headers=desk.as_channel(),
         )
         assert response.status_code == 422 and "empty" in response.json()["detail"]
@@ -150,7 +164,8 @@ class TestBadInput:
     async def test_invalid_token_is_401(self, client, db) -> None:
         await make_desk(db)
         response = await client.post(
-            "/api/v1/inbound", json={"conversation_id": "c", "message_id": "m", "text": "x"},
+            "/api/v1/inbound",
+            json={"conversation_id": "c", "message_id": "m", "text": "x"},
             headers={"Authorization": "Bearer frk_nope"},
         )
         assert response.status_code == 401
@@ -159,7 +174,8 @@ class TestBadInput:
     async def test_agent_token_cannot_post_inbound(self, client, db) -> None:
         desk = await make_desk(db)
         response = await client.post(
-            "/api/v1/inbound", json={"conversation_id": "c", "message_id": "m", "text": "x"},
+            "/api/v1/inbound",
+            json={"conversation_id": "c", "message_id": "m", "text": "x"},
             headers=desk.as_agent(),
         )
         assert response.status_code == 403

@@ -35,8 +35,11 @@ class TestAccept:
         desk = await make_desk(db)
         detail, draft = await inbound_with_draft(client, desk, "which bank do you accept?")
         assert draft["faq_entry"] == "payment-banks"
-        response = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                     json={"idempotency_key": key()}, headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         assert response.status_code == 200, response.text
         message = response.json()["message"]
         assert message["origin"] == "draft_as_is"
@@ -65,8 +68,11 @@ class TestAccept:
     async def test_accepting_teaches_the_entry(self, client, db) -> None:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk, "which bank do you accept?")
-        await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                          json={"idempotency_key": key()}, headers=desk.as_agent())
+        await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         examples = await _examples(db, ExampleLabel.CONFIRMED)
         assert [(e.text, e.entry_id) for e in examples] == [
             ("which bank do you accept?", draft["faq_entry_id"])
@@ -78,9 +84,11 @@ class TestEdit:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk)
         edited = draft["text"] + " Thank you!"
-        response = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                     json={"text": edited, "idempotency_key": key()},
-                                     headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"text": edited, "idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         message = response.json()["message"]
         assert message["origin"] == "draft_edited"
         assert 0.5 <= message["similarity"] < 1.0
@@ -89,11 +97,17 @@ class TestEdit:
     async def test_later_ai_replies_get_the_marker(self, client, db) -> None:
         desk = await make_desk(db)
         _, first = await inbound_with_draft(client, desk, "which bank?")
-        await client.post(f"/api/v1/drafts/{first['id']}/send",
-                          json={"idempotency_key": key()}, headers=desk.as_agent())
+        await client.post(
+            f"/api/v1/drafts/{first['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         _, second = await inbound_with_draft(client, desk, "what are your working hours?")
-        response = await client.post(f"/api/v1/drafts/{second['id']}/send",
-                                     json={"idempotency_key": key()}, headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{second['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         message = response.json()["message"]
         assert message["disclosure_id"] == "disclosure/marker.en"
         assert message["text"] == f"{second['text']}\n\n{MARKER_EN.text}"
@@ -103,9 +117,11 @@ class TestEdit:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk)
         pasted = f"{INTRO_EN.text}\n\n{draft['text']} Thanks!\n\n{MARKER_EN.text}"
-        response = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                     json={"text": pasted, "idempotency_key": key()},
-                                     headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"text": pasted, "idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         text = response.json()["message"]["text"]
         assert text.count(INTRO_EN.text) == 1
         assert MARKER_EN.text not in text
@@ -115,8 +131,11 @@ class TestEdit:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk, "на какой банк переводить?")
         assert draft["language"] == "ru"
-        response = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                     json={"idempotency_key": key()}, headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         message = response.json()["message"]
         assert message["disclosure_id"] == "disclosure/intro.ru"
         assert message["text"].startswith(INTRO_RU.text)
@@ -125,9 +144,11 @@ class TestEdit:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk)
         own = "Let me check with my colleague and come back to you in five minutes."
-        response = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                     json={"text": own, "idempotency_key": key()},
-                                     headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"text": own, "idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         body = response.json()
         assert body["message"]["origin"] == "human_written"
         assert body["message"]["text"] == own
@@ -153,16 +174,20 @@ class TestHumanReply:
         assert message["draft_id"] is None and message["disclosure_id"] is None
         after = await conversation(client, desk, detail["id"])
         assert [d["status"] for d in after["drafts"]] == ["superseded"]
-        late = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                 json={"idempotency_key": key()}, headers=desk.as_agent())
+        late = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         assert late.status_code == 409
 
     async def test_reply_text_limits(self, client, db) -> None:
         desk = await make_desk(db)
         accepted = await post_inbound(client, desk, "hi")
         url = f"/api/v1/conversations/{accepted['conversation_id']}/replies"
-        too_big = await client.post(url, json={"text": "x" * 20000, "idempotency_key": key()},
-                                    headers=desk.as_agent())
+        too_big = await client.post(
+            url, json={"text": "x" * 20000, "idempotency_key": key()}, headers=desk.as_agent()
+        )
         assert too_big.status_code == 413
         missing = await client.post(url, json={"text": "hi"}, headers=desk.as_agent())
         assert missing.status_code == 422 and "idempotency_key" in missing.json()["detail"]
@@ -208,11 +233,16 @@ class TestConflictsAndIdempotency:
         first_conv = await post_inbound(client, desk, "hi", conversation_id="a")
         second_conv = await post_inbound(client, desk, "hi", conversation_id="b")
         body = {"text": "Hello!", "idempotency_key": "k-2"}
-        ok = await client.post(f"/api/v1/conversations/{first_conv['conversation_id']}/replies",
-                               json=body, headers=desk.as_agent())
+        ok = await client.post(
+            f"/api/v1/conversations/{first_conv['conversation_id']}/replies",
+            json=body,
+            headers=desk.as_agent(),
+        )
         clash = await client.post(
             f"/api/v1/conversations/{second_conv['conversation_id']}/replies",
-            json=body, headers=desk.as_agent())
+            json=body,
+            headers=desk.as_agent(),
+        )
         assert ok.status_code == 200 and clash.status_code == 409
         assert len(await _outbound(db)) == 1
 
@@ -220,11 +250,16 @@ class TestConflictsAndIdempotency:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk)
         same = key()
-        responses = await asyncio.gather(*[
-            client.post(f"/api/v1/drafts/{draft['id']}/send", json={"idempotency_key": same},
-                        headers=desk.as_agent())
-            for _ in range(4)
-        ])
+        responses = await asyncio.gather(
+            *[
+                client.post(
+                    f"/api/v1/drafts/{draft['id']}/send",
+                    json={"idempotency_key": same},
+                    headers=desk.as_agent(),
+                )
+                for _ in range(4)
+            ]
+        )
         assert {r.status_code for r in responses} == {200}, [r.text for r in responses]
         assert len({r.json()["message"]["id"] for r in responses}) == 1
         assert len(await _outbound(db)) == 1
@@ -232,11 +267,16 @@ class TestConflictsAndIdempotency:
     async def test_concurrent_sends_with_different_keys_make_one_message(self, client, db) -> None:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk)
-        responses = await asyncio.gather(*[
-            client.post(f"/api/v1/drafts/{draft['id']}/send", json={"idempotency_key": key()},
-                        headers=desk.as_agent())
-            for _ in range(4)
-        ])
+        responses = await asyncio.gather(
+            *[
+                client.post(
+                    f"/api/v1/drafts/{draft['id']}/send",
+                    json={"idempotency_key": key()},
+                    headers=desk.as_agent(),
+                )
+                for _ in range(4)
+            ]
+        )
         codes = sorted(r.status_code for r in responses)
         assert codes == [200, 409, 409, 409], [r.text for r in responses]
         assert len(await _outbound(db)) == 1
@@ -244,14 +284,17 @@ class TestConflictsAndIdempotency:
     async def test_discard_then_send_is_409(self, client, db) -> None:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk)
-        discard = await client.post(f"/api/v1/drafts/{draft['id']}/discard",
-                                    headers=desk.as_agent())
+        discard = await client.post(
+            f"/api/v1/drafts/{draft['id']}/discard", headers=desk.as_agent()
+        )
         assert discard.status_code == 200 and discard.json()["status"] == "discarded"
-        send = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                 json={"idempotency_key": key()}, headers=desk.as_agent())
+        send = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         assert send.status_code == 409
-        again = await client.post(f"/api/v1/drafts/{draft['id']}/discard",
-                                  headers=desk.as_agent())
+        again = await client.post(f"/api/v1/drafts/{draft['id']}/discard", headers=desk.as_agent())
         assert again.status_code == 409
         assert await _outbound(db) == []
 
@@ -269,14 +312,17 @@ class TestConflictsAndIdempotency:
             if url.endswith(("discard", "regenerate")) or method == "get":
                 response = await client.request(method, url, headers=desk.as_agent())
             elif url.endswith("/drafts"):
-                response = await client.post(url, json={"faq_entry": "payment-banks"},
-                                             headers=desk.as_agent())
+                response = await client.post(
+                    url, json={"faq_entry": "payment-banks"}, headers=desk.as_agent()
+                )
             elif url.endswith("replies"):
-                response = await client.post(url, json={"text": "t", "idempotency_key": "k"},
-                                             headers=desk.as_agent())
+                response = await client.post(
+                    url, json={"text": "t", "idempotency_key": "k"}, headers=desk.as_agent()
+                )
             else:
-                response = await client.post(url, json={"idempotency_key": "k"},
-                                             headers=desk.as_agent())
+                response = await client.post(
+                    url, json={"idempotency_key": "k"}, headers=desk.as_agent()
+                )
             assert response.status_code == 404, (url, response.text, body)
             assert response.json()["error"] == "not_found"
 
@@ -294,8 +340,9 @@ class TestDiscardRegenerateUseFaq:
     async def test_regenerate_supersedes_and_never_repeats_the_entry(self, client, db) -> None:
         desk = await make_desk(db)
         detail, draft = await inbound_with_draft(client, desk, "which bank do you accept?")
-        response = await client.post(f"/api/v1/drafts/{draft['id']}/regenerate",
-                                     headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{draft['id']}/regenerate", headers=desk.as_agent()
+        )
         assert response.status_code == 200
         new = response.json()["draft"]
         assert new is None or new["faq_entry"] != draft["faq_entry"]
@@ -307,33 +354,50 @@ class TestDiscardRegenerateUseFaq:
     async def test_use_faq_entry_makes_a_draft_and_an_example(self, client, db) -> None:
         desk = await make_desk(db)
         accepted = await post_inbound(
-            client, desk, "hmm, is my wife allowed to send it?",
+            client,
+            desk,
+            "hmm, is my wife allowed to send it?",
             context={"order": {"amount": "15000", "currency": "RUB"}},
         )
         await run_jobs(db)
         response = await client.post(
             f"/api/v1/conversations/{accepted['conversation_id']}/drafts",
-            json={"faq_entry": "third-party"}, headers=desk.as_agent())
+            json={"faq_entry": "third-party"},
+            headers=desk.as_agent(),
+        )
         assert response.status_code == 201, response.text
         draft = response.json()
         assert draft["faq_entry"] == "third-party" and draft["engine"] == "agent_pick"
         confirmed = await _examples(db, ExampleLabel.CONFIRMED)
         assert [e.text for e in confirmed] == ["hmm, is my wife allowed to send it?"]
-        sent = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                 json={"idempotency_key": key()}, headers=desk.as_agent())
+        sent = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         assert sent.json()["message"]["origin"] == "draft_as_is"
 
     async def test_use_faq_fills_placeholders_or_refuses(self, client, db) -> None:
         desk = await make_desk(db)
         with_order = await post_inbound(
-            client, desk, "how much?", conversation_id="o1",
-            context={"order": {"amount": "15000", "currency": "RUB"}})
+            client,
+            desk,
+            "how much?",
+            conversation_id="o1",
+            context={"order": {"amount": "15000", "currency": "RUB"}},
+        )
         without = await post_inbound(client, desk, "how much?", conversation_id="o2")
-        ok = await client.post(f"/api/v1/conversations/{with_order['conversation_id']}/drafts",
-                               json={"faq_entry": "payment-amount"}, headers=desk.as_agent())
+        ok = await client.post(
+            f"/api/v1/conversations/{with_order['conversation_id']}/drafts",
+            json={"faq_entry": "payment-amount"},
+            headers=desk.as_agent(),
+        )
         assert ok.json()["text"] == "Please send exactly 15000 RUB."
-        hole = await client.post(f"/api/v1/conversations/{without['conversation_id']}/drafts",
-                                 json={"faq_entry": "payment-amount"}, headers=desk.as_agent())
+        hole = await client.post(
+            f"/api/v1/conversations/{without['conversation_id']}/drafts",
+            json={"faq_entry": "payment-amount"},
+            headers=desk.as_agent(),
+        )
         assert hole.status_code == 422
         assert "order.amount" in hole.json()["detail"]
 
@@ -342,7 +406,9 @@ class TestDiscardRegenerateUseFaq:
         accepted = await post_inbound(client, desk, "hi")
         response = await client.post(
             f"/api/v1/conversations/{accepted['conversation_id']}/drafts",
-            json={"faq_entry": "nope"}, headers=desk.as_agent())
+            json={"faq_entry": "nope"},
+            headers=desk.as_agent(),
+        )
         assert response.status_code == 404
 
 
@@ -350,9 +416,11 @@ class TestPreview:
     async def test_preview_shows_provenance_and_writes_nothing(self, client, db) -> None:
         desk = await make_desk(db)
         _, draft = await inbound_with_draft(client, desk)
-        response = await client.post(f"/api/v1/drafts/{draft['id']}/preview",
-                                     json={"text": draft["text"] + " Thanks"},
-                                     headers=desk.as_agent())
+        response = await client.post(
+            f"/api/v1/drafts/{draft['id']}/preview",
+            json={"text": draft["text"] + " Thanks"},
+            headers=desk.as_agent(),
+        )
         body = response.json()
         assert body["origin"] == "draft_edited"
         assert body["disclosure_text"] == INTRO_EN.text

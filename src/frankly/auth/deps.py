@@ -41,13 +41,13 @@ async def current_agent(request: Request, session: SessionDep) -> Agent:
     if cookie:
         found = await auth_service.resolve_session(session, token=cookie)
         if found is not None:
-            record, agent = found
+            browser_session, session_agent = found
             if request.method not in SAFE_METHODS:
                 sent = request.headers.get(CSRF_HEADER, "")
-                if not hmac.compare_digest(sent, record.csrf_token):
+                if not hmac.compare_digest(sent, browser_session.csrf_token):
                     raise Forbidden("missing or wrong CSRF token")
-            request.state.auth_session = record
-            return agent
+            request.state.auth_session = browser_session
+            return session_agent
     raise Unauthorized("sign in or send an agent token")
 
 

@@ -14,9 +14,9 @@ from frankly.config import get_settings
 from frankly.conversations import service
 from frankly.conversations.models import Conversation, ConversationStatus, Draft
 from frankly.conversations.schemas import (
+    ContactRead,
     ConversationDetail,
     ConversationPage,
-    ContactRead,
     ConversationRead,
     DraftRead,
     InboundAccepted,

@@ -252,7 +252,7 @@ def _has_pending_draft() -> Any:
     )
 
 
-def filtered_query(filters: ConversationFilters, *, agent: Agent) -> Select[tuple[Conversation]]:
+def filtered_query(filters: ConversationFilters, *, agent: Agent) -> Select[Conversation]:
     query = select(Conversation)
     if filters.status is not None:
         query = query.where(Conversation.status == filters.status)

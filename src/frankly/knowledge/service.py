@@ -27,7 +27,7 @@ def _like(text: str) -> str:
 async def list_entries(
     session: AsyncSession, *, q: str | None = None, enabled_only: bool = False
 ) -> list[FaqEntry]:
-    query: Select[tuple[FaqEntry]] = select(FaqEntry).order_by(FaqEntry.slug)
+    query: Select[FaqEntry] = select(FaqEntry).order_by(FaqEntry.slug)
     if enabled_only:
         query = query.where(FaqEntry.enabled.is_(True))
     if q:
