@@ -126,7 +126,8 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             raise
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": commit before the response is sent, so a failed commit is never a 2xx.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 def str_enum(enum_cls: type[Any], length: int = 24) -> Any:

