@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from frankly.auth.service import CHANNEL_TOKENS
 from frankly.config import get_settings
 from frankly.db import Database
 from frankly.drafting.engine import INDEX_CACHE
@@ -137,5 +138,6 @@ def anyio_backend() -> str:
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
+    CHANNEL_TOKENS.clear()
     yield
     get_settings.cache_clear()

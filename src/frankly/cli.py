@@ -21,6 +21,7 @@ app = typer.Typer(
     help="Frankly: a support inbox where a disclosed assistant drafts and a person sends.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 faq_app = typer.Typer(help="Import and export the FAQ (YAML or CSV).", no_args_is_help=True)
@@ -80,11 +81,17 @@ def serve(
     workers: Annotated[bool, typer.Option(help="Run background workers in this process.")] = True,
 ) -> None:
     """Serve the inbox and the API (background workers run inside unless --no-workers)."""
+    settings = _settings()
     import uvicorn
 
-    from frankly.main import create_app
+    from frankly.main import SchemaNotReady, check_schema, create_app
 
-    settings = _settings()
+    try:
+        asyncio.run(check_schema(settings.database_url))
+    except SchemaNotReady as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot reach the database: {exc}") from None
     if not workers:
         settings = settings.model_copy(update={"run_workers": False})
     uvicorn.run(
@@ -362,3 +369,7 @@ def eval_command(
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +71,12 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return value.upper()
 
+    @model_validator(mode="after")
+    def _production_needs_secret(self) -> Settings:
+        if self.env == "production" and not self.secret_key:
+            raise ValueError("FRANKLY_SECRET_KEY is required when FRANKLY_ENV=production")
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -105,8 +111,11 @@ def load_settings() -> Settings:
         return Settings(**_toml_values())
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "FRANKLY_" + str(first["loc"][0]).upper() if first["loc"] else "FRANKLY settings"
-        raise SettingsError(f"{name}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:
+            raise SettingsError(message) from None
+        name = "FRANKLY_" + str(first["loc"][0]).upper()
+        raise SettingsError(f"{name}: {message} (got {first.get('input')!r})") from None
 
 
 @lru_cache(maxsize=1)

@@ -61,11 +61,29 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal", "unexpected server error; it has been logged")
 
 
+class SchemaNotReady(RuntimeError):
+    pass
+
+
+async def check_schema(url: str) -> None:
+    """Refuse to start on a database that is not migrated to this code's revision."""
+    from frankly.migrations.runner import current_heads, schema_revision
+
+    revision = await schema_revision(url)
+    if revision not in current_heads():
+        raise SchemaNotReady(
+            f"database schema is at {revision or 'nothing'}, this Frankly needs "
+            f"{', '.join(sorted(current_heads()))}: run 'frankly db upgrade'"
+        )
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if database is None:
+            await check_schema(settings.database_url)
         db = database or Database(settings.database_url)
         app.state.db = db
         worker = None

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from frankly.auth import service as auth_service
-from frankly.auth.models import Agent, ApiToken, TokenKind
+from frankly.auth.models import Agent, TokenKind
 from frankly.db import SessionDep
 from frankly.errors import Forbidden, Unauthorized
 
@@ -60,20 +60,25 @@ async def admin_only(agent: Annotated[Agent, Depends(current_agent)]) -> Agent:
 @dataclass(frozen=True, slots=True)
 class ChannelIdentity:
     channel: str
-    token: ApiToken
+    token_id: int
 
 
 async def channel_token(request: Request, session: SessionDep) -> ChannelIdentity:
+    """The channel behind a channel token (cached briefly: this is the inbound hot path)."""
     token = _bearer(request)
     if token is None:
         raise Unauthorized("send a channel token as 'Authorization: Bearer …'")
+    cached = auth_service.CHANNEL_TOKENS.get(token)
+    if cached is not None:
+        return ChannelIdentity(channel=cached.channel, token_id=cached.token_id)
     resolved = await auth_service.resolve_token(session, token=token)
     if resolved is None:
         raise Unauthorized("invalid or revoked token")
     record, _agent = resolved
     if record.kind != TokenKind.CHANNEL or record.channel is None:
         raise Forbidden("inbound messages need a channel token")
-    return ChannelIdentity(channel=record.channel, token=record)
+    auth_service.CHANNEL_TOKENS.put(token, channel=record.channel, token_id=record.id)
+    return ChannelIdentity(channel=record.channel, token_id=record.id)
 
 
 CurrentAgent = Annotated[Agent, Depends(current_agent)]

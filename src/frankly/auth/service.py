@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -129,6 +130,49 @@ async def end_session(session: AsyncSession, *, token: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class CachedChannel:
+    channel: str
+    token_id: int
+    expires: float
+
+
+class ChannelTokenCache:
+    """Resolved channel tokens for a few seconds, keyed by hash: saves a query per inbound message.
+
+    Revoking clears the entry in this process at once; other app instances stop accepting a
+    revoked channel token within TTL_SECONDS (documented in the README).
+    """
+
+    TTL_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._entries: dict[str, CachedChannel] = {}
+
+    def get(self, token: str) -> CachedChannel | None:
+        entry = self._entries.get(hash_secret(token))
+        if entry is None or entry.expires < time.monotonic():
+            return None
+        return entry
+
+    def put(self, token: str, *, channel: str, token_id: int) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[hash_secret(token)] = CachedChannel(
+            channel, token_id, time.monotonic() + self.TTL_SECONDS
+        )
+
+    def forget(self, token_id: int) -> None:
+        for key in [k for k, v in self._entries.items() if v.token_id == token_id]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+CHANNEL_TOKENS = ChannelTokenCache()
+
+
+@dataclass(frozen=True, slots=True)
 class NewToken:
     token: str
     record: ApiToken
@@ -175,4 +219,5 @@ async def revoke_token(session: AsyncSession, *, token_id: int) -> ApiToken:
     if record is None:
         raise NotFound(f"no token with id {token_id}")
     record.revoked_at = record.revoked_at or utcnow()
+    CHANNEL_TOKENS.forget(record.id)
     return record

@@ -36,13 +36,16 @@ from frankly.knowledge import service as knowledge_service
 from frankly.knowledge.models import ExampleLabel, FaqEntry
 
 
+def _insert(session: AsyncSession, model: type[Any]) -> Any:
+    """An INSERT that can say ON CONFLICT DO NOTHING (both backends support it)."""
+    dialect = session.get_bind().dialect.name
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
+
+
 async def _insert_ignore(
     session: AsyncSession, model: type[Any], values: dict[str, Any], keys: Sequence[str]
 ) -> None:
-    """INSERT … ON CONFLICT DO NOTHING on the unique `keys` (both backends support it)."""
-    dialect = session.get_bind().dialect.name
-    table = model.__table__
-    statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(**values)
+    statement = _insert(session, model).values(**values)
     await session.execute(statement.on_conflict_do_nothing(index_elements=list(keys)))
 
 
@@ -53,26 +56,25 @@ class IngestResult:
     duplicate: bool
 
 
-async def ingest(
+async def _conversation_for(
     session: AsyncSession,
     *,
     channel: str,
-    conversation_external_id: str,
-    message_external_id: str,
-    text: str,
-    contact_external_id: str | None = None,
-    contact_name: str | None = None,
-    contact_language: str | None = None,
-    context: dict[str, Any] | None = None,
-    attachments: list[dict[str, Any]] | None = None,
-    created_at: datetime | None = None,
-) -> IngestResult:
-    """Store one customer message, once per (channel, message id); never creates outbound messages.
-
-    A new message is queued for drafting (the caller enqueues the job in the same transaction).
-    """
+    external_id: str,
+    contact_external_id: str | None,
+    contact_name: str | None,
+    contact_language: str | None,
+    context: dict[str, Any] | None,
+) -> Conversation:
+    """Find or create the conversation (and its contact), race-safe on both backends."""
+    query = select(Conversation).where(
+        Conversation.channel == channel, Conversation.external_id == external_id
+    )
+    conversation = await session.scalar(query)
+    if conversation is not None and not (contact_name or contact_language):
+        return conversation
     now = utcnow()
-    contact_key = contact_external_id or conversation_external_id
+    contact_key = contact_external_id or external_id
     await _insert_ignore(
         session,
         Contact,
@@ -93,17 +95,18 @@ async def ingest(
         contact.display_name = contact_name
     if contact_language and contact.language != contact_language:
         contact.language = contact_language
-
+    if conversation is not None:
+        return conversation
     await _insert_ignore(
         session,
         Conversation,
         {
             "channel": channel,
-            "external_id": conversation_external_id,
+            "external_id": external_id,
             "contact_id": contact.id,
             "status": ConversationStatus.OPEN.value,
             "language": contact_language,
-            "context": context or {},
+            "context": {},
             "needs_reply": False,
             "needs_human": False,
             "suggestions": [],
@@ -112,47 +115,67 @@ async def ingest(
         },
         ("channel", "external_id"),
     )
-    conversation = await session.scalar(
-        select(Conversation).where(
-            Conversation.channel == channel,
-            Conversation.external_id == conversation_external_id,
-        )
-    )
+    conversation = await session.scalar(query)
     assert conversation is not None
+    return conversation
 
-    existing = await session.scalar(
-        select(Message).where(
-            Message.channel == channel, Message.channel_message_id == message_external_id
-        )
-    )
-    if existing is not None:
-        metrics.INBOUND_DUPLICATES.labels(channel).inc()
-        return IngestResult(conversation, existing, duplicate=True)
 
-    await _insert_ignore(
+async def ingest(
+    session: AsyncSession,
+    *,
+    channel: str,
+    conversation_external_id: str,
+    message_external_id: str,
+    text: str,
+    contact_external_id: str | None = None,
+    contact_name: str | None = None,
+    contact_language: str | None = None,
+    context: dict[str, Any] | None = None,
+    attachments: list[dict[str, Any]] | None = None,
+    created_at: datetime | None = None,
+) -> IngestResult:
+    """Store one customer message, once per (channel, message id); never creates outbound messages.
+
+    A new message is queued for drafting (the caller enqueues the job in the same transaction).
+    """
+    conversation = await _conversation_for(
         session,
-        Message,
-        {
-            "conversation_id": conversation.id,
-            "channel": channel,
-            "direction": Direction.IN.value,
-            "text": text,
-            "attachments": attachments or [],
-            "channel_message_id": message_external_id,
-            "created_at": created_at or now,
-            "drafting": DraftingState.QUEUED.value,
-        },
-        ("channel", "channel_message_id"),
+        channel=channel,
+        external_id=conversation_external_id,
+        contact_external_id=contact_external_id,
+        contact_name=contact_name,
+        contact_language=contact_language,
+        context=context,
     )
-    message = await session.scalar(
-        select(Message).where(
-            Message.channel == channel, Message.channel_message_id == message_external_id
+    now = utcnow()
+    inserted = await session.scalars(
+        _insert(session, Message)
+        .values(
+            conversation_id=conversation.id,
+            channel=channel,
+            direction=Direction.IN.value,
+            text=text,
+            attachments=attachments or [],
+            channel_message_id=message_external_id,
+            created_at=created_at or now,
+            drafting=DraftingState.QUEUED.value,
         )
+        .on_conflict_do_nothing(index_elements=["channel", "channel_message_id"])
+        .returning(Message)
     )
-    assert message is not None
-    if message.conversation_id != conversation.id or message.drafting != DraftingState.QUEUED:
-        # Lost a race with an identical request: report the first one's result.
-        return IngestResult(conversation, message, duplicate=True)
+    message = inserted.first()
+    if message is None:
+        # Seen before (a retry, a poller restart, or a concurrent twin): report the first result.
+        metrics.INBOUND_DUPLICATES.labels(channel).inc()
+        first = await session.scalar(
+            select(Message).where(
+                Message.channel == channel, Message.channel_message_id == message_external_id
+            )
+        )
+        assert first is not None
+        if first.conversation_id != conversation.id:
+            conversation = await get_conversation(session, conversation_id=first.conversation_id)
+        return IngestResult(conversation, first, duplicate=True)
 
     if context:
         conversation.context = {**conversation.context, **context}

@@ -23,7 +23,9 @@ used instead. Fusion weights and the covariance shrinkage are chosen by the same
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -34,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp  # type: ignore[import-untyped,unused-ignore]
-from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped,unused-ignore]
+from sklearn.feature_extraction.text import HashingVectorizer  # type: ignore[import-untyped,unused-ignore]
 from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = [
@@ -192,6 +194,58 @@ def default_encoder() -> TextEncoder | None:
     return get_encoder(choice)
 
 
+_HASH_BITS = 20
+_WORD_HASHER = HashingVectorizer(
+    ngram_range=(1, 2), n_features=2**_HASH_BITS, alternate_sign=False, norm=None
+)
+_CHAR_HASHER = HashingVectorizer(
+    analyzer="char_wb",
+    ngram_range=(2, 5),
+    n_features=2**_HASH_BITS,
+    alternate_sign=False,
+    norm=None,
+)
+
+
+class _CountCache:
+    """Bounded LRU of text -> hashed raw n-gram counts (stateless, so safe across rebuilds)."""
+
+    def __init__(self, max_items: int = 50_000) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._items.clear()
+
+    def counts(self, texts: Sequence[str]) -> Any:
+        """csr (len(texts) x 2^(bits+1)) of raw word 1-2-gram and char 2-5-gram counts."""
+        found: dict[str, Any] = {}
+        with self._lock:
+            for text in texts:
+                hit = self._items.get(text)
+                if hit is not None:
+                    self._items.move_to_end(text)
+                    found[text] = hit
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            fresh = sp.hstack(
+                [_WORD_HASHER.transform(missing), _CHAR_HASHER.transform(missing)]
+            ).tocsr()
+            with self._lock:
+                for i, text in enumerate(missing):
+                    row = fresh[i]
+                    found[text] = row
+                    self._items[text] = row
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
+        if not texts:
+            return sp.csr_matrix((0, 2 ** (_HASH_BITS + 1)))
+        return sp.vstack([found[t] for t in texts]).tocsr()
+
+
 class EmbeddingCache:
     """Bounded LRU of text -> embedding, so rebuilds and repeated context do not re-encode."""
 
@@ -199,14 +253,16 @@ class EmbeddingCache:
         self.max_items = max_items
         self._items: OrderedDict[tuple[str, str], FloatArray] = OrderedDict()
         self._lock = threading.Lock()
+        self.counts = _CountCache(max_items)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def clear(self) -> None:
-        """Forget everything."""
+        """Forget everything (embeddings and hashed n-gram counts)."""
         with self._lock:
             self._items.clear()
+        self.counts.clear()
 
     def encode(self, encoder: TextEncoder, texts: Sequence[str]) -> FloatArray:
         """Embeddings for ``texts`` (rows in order), encoding only the misses in one batch."""
@@ -232,21 +288,49 @@ class EmbeddingCache:
 
 
 _SHARED_CACHE = EmbeddingCache()
+_BLAS: Any = None
+
+
+def _single_blas_thread() -> Any:
+    """Context manager limiting BLAS to one thread (no-op without threadpoolctl)."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import (  # type: ignore[import-untyped,unused-ignore]
+                ThreadpoolController,
+            )
+
+            _BLAS = ThreadpoolController()
+        except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+            _BLAS = False
+    if _BLAS is False:
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _class_max(sims: F64Array, labels: IntArray, n_classes: int) -> F64Array:
+def _class_max(
+    sims: F64Array,
+    labels: IntArray,
+    n_classes: int,
+    grouping: tuple[IntArray, IntArray, IntArray] | None = None,
+) -> F64Array:
     """Per-class max over columns of ``sims`` (rows = queries); -1 for classes with no column."""
     out = np.full((sims.shape[0], n_classes), -1.0)
     if sims.shape[1] == 0:
         return out
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    present, starts = np.unique(sorted_labels, return_index=True)
+    order, present, starts = grouping if grouping is not None else _grouping(labels)
     out[:, present] = np.maximum.reduceat(sims[:, order], starts, axis=1)
     return out
+
+
+def _grouping(labels: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+    """Column order grouping equal labels, the labels present and where each group starts."""
+    order = np.argsort(labels, kind="stable")
+    present, starts = np.unique(labels[order], return_index=True)
+    return order.astype(np.int64), present.astype(np.int64), starts.astype(np.int64)
 
 
 def _zscore(scores: F64Array, active: BoolArray) -> F64Array:
@@ -302,93 +386,138 @@ class _Members:
 
 
 class _LexicalView:
-    """TF-IDF view: naive Bayes, centroid cosine and nearest-neighbour cosine per entry."""
+    """TF-IDF view: naive Bayes, centroid cosine and nearest-neighbour cosine per entry.
+
+    Texts are hashed into word 1-2-grams and char 2-5-grams (cached per text), then compacted to
+    the columns seen at build time, so a rebuild only recomputes IDF and sums.
+    """
 
     name = "lexical"
 
-    def __init__(self, texts: Sequence[str], labels: IntArray, weights: F64Array, n: int) -> None:
-        self.word = TfidfVectorizer(
-            ngram_range=(1, 2), sublinear_tf=True, max_features=MAX_LEXICAL_FEATURES // 3
-        )
-        self.char = TfidfVectorizer(
-            analyzer="char_wb",
-            ngram_range=(2, 5),
-            sublinear_tf=True,
-            max_features=2 * MAX_LEXICAL_FEATURES // 3,
-        )
-        corpus = [t.lower() for t in texts]
-        self.word.fit(corpus)
-        self.char.fit(corpus)
-        self.dim = len(self.word.vocabulary_) + len(self.char.vocabulary_)
-        rows = self.transform(texts)
+    def __init__(
+        self,
+        texts: Sequence[str],
+        labels: IntArray,
+        weights: F64Array,
+        n: int,
+        cache: _CountCache,
+    ) -> None:
+        self._cache = cache
+        counts = cache.counts(texts)
+        df = np.bincount(counts.indices, minlength=counts.shape[1])
+        used = np.flatnonzero(df)
+        if len(used) > MAX_LEXICAL_FEATURES:
+            used = np.sort(used[np.argsort(-df[used], kind="stable")[:MAX_LEXICAL_FEATURES]])
+        self.dim = len(used)
+        self._lookup = np.full(counts.shape[1], -1, dtype=np.int64)
+        self._lookup[used] = np.arange(self.dim)
+        n_docs = max(len(texts), 1)
+        self._idf = (np.log((1.0 + n_docs) / (1.0 + df[used])) + 1.0).astype(np.float64)
+        rows = self._weigh(counts)
         self._base = rows
         self._pending: list[Any] = []
-        self._rows_cache: Any = rows
+        self._rows_t: Any = None
         self.sums = np.zeros((n, self.dim), dtype=np.float32)
         self.wsum = np.zeros(n)
-        weighted = sp.csr_matrix(rows.multiply(weights[:, None]))
-        onehot = sp.csr_matrix(
-            (np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(n, len(labels))
-        )
-        self.sums[:] = (onehot @ weighted).toarray()
+        onehot = sp.csr_matrix((weights, (labels, np.arange(len(labels)))), shape=(n, len(labels)))
+        self.sums[:] = (onehot @ rows).toarray()
         np.add.at(self.wsum, labels, weights)
+        self._refresh_stats()
         self.neg_rows: list[Any] = []
         self.neg_labels: list[int] = []
 
-    def transform(self, texts: Sequence[str]) -> Any:
-        """L2-normalised TF-IDF rows (csr) for ``texts``."""
-        corpus = [t.lower() for t in texts]
-        x = sp.hstack([self.word.transform(corpus), self.char.transform(corpus)]).tocsr()
+    def _weigh(self, counts: Any) -> Any:
+        """Raw hashed counts -> compacted, sublinear-tf * idf, L2-normalised csr rows."""
+        counts = sp.csr_matrix(counts)
+        cols = self._lookup[counts.indices]
+        keep = cols >= 0
+        row_ids = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))[keep]
+        data = (1.0 + np.log(counts.data[keep])) * self._idf[cols[keep]]
+        x = sp.csr_matrix((data, (row_ids, cols[keep])), shape=(counts.shape[0], self.dim))
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
         norms[norms == 0.0] = 1.0
-        return sp.csr_matrix(x.multiply(1.0 / norms[:, None]))
+        return sp.csr_matrix(sp.diags(1.0 / norms) @ x)
 
-    def rows(self) -> Any:
-        """All member rows (base + appended) as one csr matrix."""
+    def transform(self, texts: Sequence[str]) -> Any:
+        """L2-normalised TF-IDF rows (csr) for ``texts``; unseen n-grams are ignored."""
+        return self._weigh(self._cache.counts(list(texts)))
+
+    def _refresh_stats(self, label: int | None = None) -> None:
+        if label is None:
+            self.totals = self.sums.sum(axis=1, dtype=np.float64)
+            self.cnorm = np.sqrt(np.einsum("ij,ij->i", self.sums, self.sums, dtype=np.float64))
+        else:
+            row = self.sums[label].astype(np.float64)
+            self.totals[label] = row.sum()
+            self.cnorm[label] = math.sqrt(float(row @ row))
+
+    def rows_t(self) -> Any:
+        """Transpose of all member rows (base + appended), cached until the next append."""
         if self._pending:
             self._base = sp.vstack([self._base, *self._pending]).tocsr()
             self._pending = []
+            self._rows_t = None
+        if self._rows_t is None:
+            self._rows_t = sp.csr_matrix(self._base.T)
+        return self._rows_t
+
+    def rows(self) -> Any:
+        """All member rows as one csr matrix."""
+        self.rows_t()
         return self._base
 
     def add(self, row: Any, label: int, weight: float) -> None:
         """Append a member row and update its entry's sums."""
         self._pending.append(row)
-        self.sums[label] += weight * row.toarray().ravel().astype(np.float32)
+        self._rows_t = None
+        self.sums[label, row.indices] += (weight * row.data).astype(np.float32)
         self.wsum[label] += weight
+        self._refresh_stats(label)
 
     def remove(self, row: Any, label: int, weight: float) -> None:
         """Subtract a member row from its entry's sums (the row itself is masked by the caller)."""
-        self.sums[label] -= weight * row.toarray().ravel().astype(np.float32)
+        self.sums[label, row.indices] -= (weight * row.data).astype(np.float32)
         self.wsum[label] -= weight
         np.maximum(self.sums[label], 0.0, out=self.sums[label])
+        self._refresh_stats(label)
 
     def components(
         self,
         q: Any,
         alive: BoolArray,
         labels: IntArray,
+        *,
+        need_knn: bool,
         sums: FloatArray | None = None,
     ) -> dict[str, F64Array]:
-        """Raw scores (queries x entries): 'nb', 'cos', 'lknn'."""
-        s = self.sums if sums is None else sums
-        n_entries = s.shape[0]
+        """Raw scores (queries x entries): 'nb', 'cos' and, when asked, 'lknn'."""
         q = sp.csr_matrix(q)
-        totals = s.sum(axis=1, dtype=np.float64)
         qsum = np.asarray(q.sum(axis=1)).ravel()
-        nb = np.empty((q.shape[0], n_entries))
-        cos = np.empty((q.shape[0], n_entries))
-        cnorm = np.sqrt(np.einsum("ij,ij->i", s, s, dtype=np.float64))
+        if sums is None and q.shape[0] <= 4:
+            s = self.sums
+            totals, cnorm = self.totals, self.cnorm.copy()
+            nb = np.empty((q.shape[0], s.shape[0]))
+            cos = np.empty((q.shape[0], s.shape[0]))
+            for i in range(q.shape[0]):
+                start, end = q.indptr[i], q.indptr[i + 1]
+                idx, data = q.indices[start:end], q.data[start:end].astype(np.float64)
+                cols = s[:, idx].astype(np.float64)
+                nb[i] = np.log(cols + NB_ALPHA) @ data
+                cos[i] = cols @ data
+        else:
+            s = self.sums if sums is None else sums
+            totals = s.sum(axis=1, dtype=np.float64)
+            cnorm = np.sqrt(np.einsum("ij,ij->i", s, s, dtype=np.float64))
+            nb = np.asarray(q @ np.log(s.T + np.float32(NB_ALPHA)), dtype=np.float64)
+            cos = np.asarray(q @ s.T, dtype=np.float64)
+        nb -= qsum[:, None] * np.log(totals + NB_ALPHA * self.dim)[None, :]
         cnorm[cnorm == 0.0] = 1.0
-        for i in range(q.shape[0]):
-            start, end = q.indptr[i], q.indptr[i + 1]
-            idx, data = q.indices[start:end], q.data[start:end].astype(np.float64)
-            cols = s[:, idx].astype(np.float64)
-            nb[i] = np.log(cols + NB_ALPHA) @ data - qsum[i] * np.log(totals + NB_ALPHA * self.dim)
-            cos[i] = (cols @ data) / cnorm
-        rows = self.rows()
-        sims = np.asarray((q @ rows.T).toarray(), dtype=np.float64)
-        sims[:, ~alive] = -1.0
-        return {"nb": nb, "cos": cos, "lknn": _class_max(sims, labels, n_entries)}
+        out = {"nb": nb, "cos": cos / cnorm[None, :]}
+        if need_knn:
+            sims = np.asarray((q @ self.rows_t()).toarray(), dtype=np.float64)
+            sims[:, ~alive[: sims.shape[1]]] = -1.0
+            out["lknn"] = _class_max(sims, labels[: sims.shape[1]], s.shape[0])
+        return out
 
     def negative_sims(self, q: Any, n_entries: int) -> F64Array:
         """Per-entry max cosine to discarded drafts (-1 where none)."""
@@ -415,6 +544,8 @@ class _DenseView:
         self.dim = vectors.shape[1]
         self.x = np.array(vectors, dtype=np.float32)
         self.n = len(vectors)
+        self._group_n = -1
+        self._group = _grouping(labels)
         self.sums = np.zeros((n_entries, self.dim))
         self.wsum = np.zeros(n_entries)
         np.add.at(self.sums, labels, vectors.astype(np.float64) * weights[:, None])
@@ -423,6 +554,7 @@ class _DenseView:
         self.neg_labels: list[int] = []
         self.shrink = shrink
         self._scatter = self._within_scatter(vectors, labels, weights)
+        self._precisions: dict[float, F64Array] = {}
         self.set_shrink(shrink)
 
     def _within_scatter(self, x: FloatArray, labels: IntArray, weights: F64Array) -> F64Array:
@@ -439,6 +571,12 @@ class _DenseView:
         self.refresh_all()
 
     def _precision(self, shrink: float) -> F64Array:
+        if shrink in self._precisions:
+            return self._precisions[shrink]
+        self._precisions[shrink] = self._compute_precision(shrink)
+        return self._precisions[shrink]
+
+    def _compute_precision(self, shrink: float) -> F64Array:
         s = self._scatter
         target = float(np.trace(s)) / self.dim
         if target <= 1e-12:
@@ -499,7 +637,9 @@ class _DenseView:
         n = self.n
         sims = (q @ self.x[:n].T).astype(np.float64)
         sims[:, ~alive[:n]] = -1.0
-        return {"lda": lda_scores, "knn": _class_max(sims, labels[:n], a.shape[0])}
+        if self._group_n != n:
+            self._group, self._group_n = _grouping(labels[:n]), n
+        return {"lda": lda_scores, "knn": _class_max(sims, labels[:n], a.shape[0], self._group)}
 
     def negative_sims(self, q: FloatArray, n_entries: int) -> F64Array:
         """Per-entry max cosine to discarded drafts (-1 where none)."""
@@ -595,7 +735,7 @@ class Matcher:
         self._members.extend(texts, labels, kinds)
         lab, wts, _alive = self._members.view()
         n_entries = len(self._keys)
-        self._lexical = _LexicalView(texts, lab, wts, n_entries)
+        self._lexical = _LexicalView(texts, lab, wts, n_entries, self._cache.counts)
         self._dense: _DenseView | None = None
         if self._encoder is not None:
             vecs = self._cache.encode(self._encoder, texts)
@@ -664,10 +804,17 @@ class Matcher:
                 self._dense.neg_labels.append(label)
 
     def match(self, text: str, *, context: Sequence[str] = (), k: int = 3) -> list[Candidate]:
-        """Top-``k`` entries for ``text``; earlier messages in ``context`` help short follow-ups."""
+        """Top-``k`` entries for ``text``; earlier messages in ``context`` help short follow-ups.
+
+        Runs with one BLAS thread: per-query algebra is tiny and extra threads only contend.
+        """
         text = text.strip()
         if not text or k <= 0:
             return []
+        with _single_blas_thread():
+            return self._match(text, context, k)
+
+    def _match(self, text: str, context: Sequence[str], k: int) -> list[Candidate]:
         lex_q = self._lexical.transform([text])
         dense_q = self._encode([text]) if self._dense is not None else None
         best = self._rank(lex_q, dense_q, k)
@@ -757,9 +904,9 @@ class Matcher:
         if self._dense is not None:
             return [
                 _Config({"lda": 1.0, "knn": kw, "nb": nw}, shrink=s)
-                for s in (0.3, 0.6)
+                for s in (0.15, 0.3, 0.6)
                 for kw in (0.4, 0.8)
-                for nw in (0.3, 0.6)
+                for nw in (0.3, 0.6, 1.0)
             ]
         return [
             _Config({"nb": 1.0, "cos": cw, "lknn": lw}) for cw in (0.0, 0.5) for lw in (0.0, 0.5)
@@ -767,7 +914,7 @@ class Matcher:
 
     def _components(self, lex_q: Any, dense_q: FloatArray | None) -> dict[str, F64Array]:
         lab, _wts, alive = self._members.view()
-        comps = self._lexical.components(lex_q, alive, lab)
+        comps = self._lexical.components(lex_q, alive, lab, need_knn=self._dense is None)
         if self._dense is not None and dense_q is not None:
             comps.update(self._dense.components(dense_q, alive, lab))
         return comps
@@ -860,18 +1007,21 @@ class Matcher:
             )
             lex_sums = self._lexical.sums - (onehot @ q_lex).toarray().astype(np.float32)
             np.maximum(lex_sums, 0.0, out=lex_sums)
-            comps = self._lexical.components(q_lex, keep, lab, sums=lex_sums)
+            comps = self._lexical.components(
+                q_lex, keep, lab, need_knn=self._dense is None, sums=lex_sums
+            )
             if self._dense is not None:
                 dense = self._dense
                 q_vec = dense.x[q_idx]
                 sums = dense.sums - onehot @ q_vec.astype(np.float64)
                 wsum = dense.wsum - np.bincount(q_lab, weights=q_w, minlength=n_entries)
                 means = sums / np.maximum(wsum, 1e-9)[:, None]
+                part = dense.components(q_vec, keep, lab, lda=dense._lda_rows(means, dense.w))
+                comps["knn"] = part["knn"]
+                q64 = q_vec.astype(np.float64)
                 for s, w in precisions.items():
                     a, b = dense._lda_rows(means, w)
-                    part = dense.components(q_vec, keep, lab, lda=(a, b))
-                    comps[f"lda@{s}"] = part["lda"]
-                    comps["knn"] = part["knn"]
+                    comps[f"lda@{s}"] = q64 @ a.T + b
             active = np.ones(n_entries, dtype=bool)
             if n_out:
                 active[rng.choice(n_entries, n_out, replace=False)] = False

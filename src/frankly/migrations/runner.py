@@ -53,6 +53,22 @@ async def upgrade_async(url: str, revision: str = "head") -> None:
         await engine.dispose()
 
 
+async def schema_revision(url: str) -> str | None:
+    """The revision the database is at (None when it was never migrated)."""
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as connection:
+            try:
+                result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+            except Exception:
+                return None
+            return result.scalar()
+    finally:
+        await engine.dispose()
+
+
 def current_heads() -> set[str]:
     from alembic.script import ScriptDirectory
 
