@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,9 +40,14 @@ Pair = tuple[str, str]
 
 
 def load_split(data: Path, name: str) -> list[Pair]:
-    """(text, category) rows of one BANKING77 split."""
+    """(text, slug) rows of one BANKING77 split; slugs are the lower-cased intent names."""
     with (data / f"{name}.csv").open(encoding="utf-8", newline="") as f:
-        return [(row["text"], row["category"]) for row in csv.DictReader(f)]
+        return [(row["text"], slug(row["category"])) for row in csv.DictReader(f)]
+
+
+def slug(category: str) -> str:
+    """A valid FAQ slug for an intent name (lowercase letters, digits, '_' and '-')."""
+    return re.sub(r"[^a-z0-9_-]+", "", category.lower())
 
 
 def faq_entries(categories: Sequence[str]) -> list[dict[str, Any]]:
@@ -198,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     train, test = load_split(args.data, "train"), load_split(args.data, "test")
-    cats: list[str] = json.loads((args.data / "categories.json").read_text(encoding="utf-8"))
+    cats: list[str] = [
+        slug(c) for c in json.loads((args.data / "categories.json").read_text(encoding="utf-8"))
+    ]
     via_cli = not args.in_process and cli_available()
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     print(

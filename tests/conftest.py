@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from frankly.auth.service import CHANNEL_TOKENS
 from frankly.config import get_settings
 from frankly.db import Database
+from frankly.desk import service as desk_service
 from frankly.drafting.engine import INDEX_CACHE
 from frankly.main import create_app
 from frankly.migrations.runner import upgrade_async
@@ -139,5 +140,6 @@ def anyio_backend() -> str:
 def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
     CHANNEL_TOKENS.clear()
+    desk_service.clear_cache()
     yield
     get_settings.cache_clear()

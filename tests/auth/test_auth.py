@@ -147,6 +147,19 @@ class TestTokens:
         missing = await client.delete("/api/v1/tokens/99999", headers=desk.as_admin())
         assert missing.status_code == 404
 
+    async def test_revoked_channel_token_stops_working_at_once(self, client, db) -> None:
+        desk = await make_desk(db)
+        body = {"conversation_id": "c", "message_id": key(), "text": "hi"}
+        first = await client.post("/api/v1/inbound", json=body, headers=desk.as_channel())
+        assert first.status_code == 202
+        async with db.sessionmaker() as session:
+            token_id = await session.scalar(select(ApiToken.id).where(ApiToken.channel == "api"))
+        revoke = await client.delete(f"/api/v1/tokens/{token_id}", headers=desk.as_admin())
+        assert revoke.status_code == 204
+        body = {**body, "message_id": key()}
+        after = await client.post("/api/v1/inbound", json=body, headers=desk.as_channel())
+        assert after.status_code == 401
+
     async def test_created_tokens_work_and_secrets_are_not_listed(self, client, db) -> None:
         desk = await make_desk(db)
         channel = await client.post(

@@ -84,7 +84,9 @@ class TestCreateAndRead:
             found = await client.get("/api/v1/faq", params={"q": q}, headers=desk.as_agent())
             assert [e["slug"] for e in found.json()] == expected, q
 
-    async def test_search_is_case_insensitive_in_russian(self, client, db, backend, request) -> None:
+    async def test_search_is_case_insensitive_in_russian(
+        self, client, db, backend, request
+    ) -> None:
         if backend == "sqlite":
             request.applymarker(
                 pytest.mark.xfail(
@@ -166,7 +168,6 @@ class TestCreateAndRead:
         assert fetched.json()["slug"] == "1"
 
 
-
 class TestUpdateAndVersions:
     async def test_patch_bumps_version_and_keeps_the_old_text(self, client, db) -> None:
         desk = await make_desk(db)
@@ -191,9 +192,7 @@ class TestUpdateAndVersions:
         assert first.status_code == 200
         assert first.json()["answers"] == old["answers"]
         assert first.json()["tags"] == []
-        second = await client.get(
-            f"/api/v1/faq/{old['id']}/versions/2", headers=desk.as_agent()
-        )
+        second = await client.get(f"/api/v1/faq/{old['id']}/versions/2", headers=desk.as_agent())
         assert second.json()["answers"] == {"en": "Only T-Bank now."}
 
     async def test_patch_without_a_real_change_keeps_the_version(self, client, db) -> None:
@@ -283,7 +282,9 @@ class TestDelete:
         entries, versions = await _counts(db)
         response = await client.delete("/api/v1/faq/working-hours", headers=desk.as_admin())
         assert response.status_code == 204 and response.content == b""
-        assert (await client.get("/api/v1/faq/working-hours", headers=desk.as_agent())).status_code == 404
+        assert (
+            await client.get("/api/v1/faq/working-hours", headers=desk.as_agent())
+        ).status_code == 404
         assert await _counts(db) == (entries - 1, versions - 1)
         [event] = await _audit(db, "faq.delete")
         assert event.agent_id == desk.admin.id and event.detail["slug"] == "working-hours"
@@ -327,7 +328,8 @@ class TestImport:
         desk = await make_desk(db)
         data = (
             "slug,question,answer_en,answer_ru,paraphrases\n"
-            'refunds,How do refunds work?,"Refunds, in 3 days.",Возврат за 3 дня.,money back|возврат\n'
+            'refunds,How do refunds work?,"Refunds, in 3 days.",'
+            "Возврат за 3 дня.,money back|возврат\n"
         ).encode()
         response = await _import(client, desk, data, "faq.csv")
         assert response.json() == {"created": 1, "updated": 0, "unchanged": 0}
@@ -420,7 +422,10 @@ class TestLearnedExamples:
         assert wrong_entry.status_code == 404
         forbidden = await client.delete(url, headers=desk.as_agent())
         assert forbidden.status_code == 403
-        assert len((await client.get(f"/api/v1/faq/{slug}/examples", headers=desk.as_agent())).json()) == 1
+        assert (
+            len((await client.get(f"/api/v1/faq/{slug}/examples", headers=desk.as_agent())).json())
+            == 1
+        )
         removed = await client.delete(url, headers=desk.as_admin())
         assert removed.status_code == 204
         after = await client.get(f"/api/v1/faq/{slug}/examples", headers=desk.as_agent())
@@ -456,6 +461,8 @@ class TestAudit:
     async def test_failed_writes_leave_no_audit(self, client, db) -> None:
         desk = await make_desk(db)
         seeded = len(await _audit(db, "faq.create"))
-        await client.post("/api/v1/faq", json={**NEW, "slug": "payment-banks"}, headers=desk.as_admin())
+        await client.post(
+            "/api/v1/faq", json={**NEW, "slug": "payment-banks"}, headers=desk.as_admin()
+        )
         await client.post("/api/v1/faq", json=NEW, headers=desk.as_agent())
         assert len(await _audit(db, "faq.create")) == seeded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,9 +18,24 @@ THRESHOLD = "draft_threshold"
 DEFAULT_LANGUAGE = "default_language"
 
 
+CACHE_SECONDS = 2.0
+_cache: dict[str, tuple[float, Any]] = {}
+
+
 async def _get(session: AsyncSession, key: str) -> Any:
+    """A desk setting, cached for a moment (drafting reads it per message; other instances
+    see a change within CACHE_SECONDS)."""
+    cached = _cache.get(key)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
     row = await session.get(DeskSetting, key)
-    return None if row is None else row.value.get("value")
+    value = None if row is None else row.value.get("value")
+    _cache[key] = (time.monotonic() + CACHE_SECONDS, value)
+    return value
+
+
+def clear_cache() -> None:
+    _cache.clear()
 
 
 async def draft_threshold(session: AsyncSession) -> float:

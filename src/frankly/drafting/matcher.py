@@ -80,6 +80,7 @@ CONTEXT_WEIGHTS = (0.6, 0.3, 0.15)  # most recent context message first
 DEFAULT_CALIBRATION = (-4.0, 0.35, 1.6, 2.0)  # intercept, fused z, margin, absolute similarity
 DEFAULT_CAP = 0.85
 MAX_CONFIDENCE = 0.999
+_CHUNK = 128  # queries per block when scoring many at once (bounds the similarity matrix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,7 @@ class _CountCache:
 
     def counts(self, texts: Sequence[str]) -> Any:
         """csr (len(texts) x 2^(bits+1)) of raw word 1-2-gram and char 2-5-gram counts."""
-        found: dict[str, Any] = {}
+        found: dict[str, tuple[npt.NDArray[np.int32], FloatArray]] = {}
         with self._lock:
             for text in texts:
                 hit = self._items.get(text)
@@ -230,20 +231,28 @@ class _CountCache:
                     self._items.move_to_end(text)
                     found[text] = hit
         missing = list(dict.fromkeys(t for t in texts if t not in found))
-        if missing:
+        for start in range(0, len(missing), 1000):
+            chunk = missing[start : start + 1000]
             fresh = sp.hstack(
-                [_WORD_HASHER.transform(missing), _CHAR_HASHER.transform(missing)]
-            ).tocsr()
+                [_WORD_HASHER.transform(chunk), _CHAR_HASHER.transform(chunk)], format="csr"
+            )
             with self._lock:
-                for i, text in enumerate(missing):
-                    row = fresh[i]
+                for i, text in enumerate(chunk):
+                    lo, hi = fresh.indptr[i], fresh.indptr[i + 1]
+                    row = (
+                        fresh.indices[lo:hi].astype(np.int32),
+                        fresh.data[lo:hi].astype(np.float32),
+                    )
                     found[text] = row
                     self._items[text] = row
                 while len(self._items) > self.max_items:
                     self._items.popitem(last=False)
-        if not texts:
-            return sp.csr_matrix((0, 2 ** (_HASH_BITS + 1)))
-        return sp.vstack([found[t] for t in texts]).tocsr()
+        rows = [found[t] for t in texts]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(r[0]) for r in rows])
+        indices = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, np.int32)
+        data = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, np.float32)
+        return sp.csr_matrix((data, indices, indptr), shape=(len(rows), 2 ** (_HASH_BITS + 1)))
 
 
 class EmbeddingCache:
@@ -274,12 +283,13 @@ class EmbeddingCache:
                     self._items.move_to_end((encoder.name, text))
                     found[text] = hit
         missing = list(dict.fromkeys(t for t in texts if t not in found))
-        if missing:
-            fresh = encoder.encode(missing)
+        for start in range(0, len(missing), 256):
+            chunk = missing[start : start + 256]
+            fresh = encoder.encode(chunk)
             with self._lock:
-                for text, row in zip(missing, fresh, strict=True):
-                    found[text] = row
-                    self._items[(encoder.name, text)] = row
+                for text, row in zip(chunk, fresh, strict=True):
+                    found[text] = row.copy()
+                    self._items[(encoder.name, text)] = found[text]
                 while len(self._items) > self.max_items:
                     self._items.popitem(last=False)
         if not texts:
@@ -409,10 +419,11 @@ class _LexicalView:
         if len(used) > MAX_LEXICAL_FEATURES:
             used = np.sort(used[np.argsort(-df[used], kind="stable")[:MAX_LEXICAL_FEATURES]])
         self.dim = len(used)
-        self._lookup = np.full(counts.shape[1], -1, dtype=np.int64)
-        self._lookup[used] = np.arange(self.dim)
+        self._lookup = np.full(counts.shape[1], -1, dtype=np.int32)
+        self._lookup[used] = np.arange(self.dim, dtype=np.int32)
         n_docs = max(len(texts), 1)
-        self._idf = (np.log((1.0 + n_docs) / (1.0 + df[used])) + 1.0).astype(np.float64)
+        self._idf = (np.log((1.0 + n_docs) / (1.0 + df[used])) + 1.0).astype(np.float32)
+        del df
         rows = self._weigh(counts)
         self._base = rows
         self._pending: list[Any] = []
@@ -429,14 +440,19 @@ class _LexicalView:
     def _weigh(self, counts: Any) -> Any:
         """Raw hashed counts -> compacted, sublinear-tf * idf, L2-normalised csr rows."""
         counts = sp.csr_matrix(counts)
+        n_rows = counts.shape[0]
         cols = self._lookup[counts.indices]
         keep = cols >= 0
-        row_ids = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))[keep]
-        data = (1.0 + np.log(counts.data[keep])) * self._idf[cols[keep]]
-        x = sp.csr_matrix((data, (row_ids, cols[keep])), shape=(counts.shape[0], self.dim))
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+        row_ids = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(counts.indptr))[keep]
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row_ids, minlength=n_rows), out=indptr[1:])
+        cols = cols[keep]
+        data = (1.0 + np.log(counts.data[keep].astype(np.float32))) * self._idf[cols]
+        del keep
+        norms = np.sqrt(np.bincount(row_ids, weights=data * data, minlength=n_rows))
         norms[norms == 0.0] = 1.0
-        return sp.csr_matrix(sp.diags(1.0 / norms) @ x)
+        data /= norms[row_ids].astype(np.float32)
+        return sp.csr_matrix((data, cols, indptr), shape=(n_rows, self.dim))
 
     def transform(self, texts: Sequence[str]) -> Any:
         """L2-normalised TF-IDF rows (csr) for ``texts``; unseen n-grams are ignored."""
@@ -508,15 +524,24 @@ class _LexicalView:
             s = self.sums if sums is None else sums
             totals = s.sum(axis=1, dtype=np.float64)
             cnorm = np.sqrt(np.einsum("ij,ij->i", s, s, dtype=np.float64))
-            nb = np.asarray(q @ np.log(s.T + np.float32(NB_ALPHA)), dtype=np.float64)
             cos = np.asarray(q @ s.T, dtype=np.float64)
+            logs = s + np.float32(NB_ALPHA)
+            np.log(logs, out=logs)
+            nb = np.asarray(q @ logs.T, dtype=np.float64)
+            del logs
         nb -= qsum[:, None] * np.log(totals + NB_ALPHA * self.dim)[None, :]
         cnorm[cnorm == 0.0] = 1.0
         out = {"nb": nb, "cos": cos / cnorm[None, :]}
         if need_knn:
-            sims = np.asarray((q @ self.rows_t()).toarray(), dtype=np.float64)
-            sims[:, ~alive[: sims.shape[1]]] = -1.0
-            out["lknn"] = _class_max(sims, labels[: sims.shape[1]], s.shape[0])
+            rows_t = self.rows_t()
+            n = rows_t.shape[1]
+            grouping = _grouping(labels[:n])
+            knn = np.empty((q.shape[0], s.shape[0]))
+            for lo in range(0, q.shape[0], _CHUNK):
+                sims = np.asarray((q[lo : lo + _CHUNK] @ rows_t).toarray(), dtype=np.float64)
+                sims[:, ~alive[:n]] = -1.0
+                knn[lo : lo + _CHUNK] = _class_max(sims, labels[:n], s.shape[0], grouping)
+            out["lknn"] = knn
         return out
 
     def negative_sims(self, q: Any, n_entries: int) -> F64Array:
@@ -542,14 +567,16 @@ class _DenseView:
         shrink: float,
     ) -> None:
         self.dim = vectors.shape[1]
-        self.x = np.array(vectors, dtype=np.float32)
+        self.x = np.ascontiguousarray(vectors, dtype=np.float32)
         self.n = len(vectors)
         self._group_n = -1
         self._group = _grouping(labels)
-        self.sums = np.zeros((n_entries, self.dim))
-        self.wsum = np.zeros(n_entries)
-        np.add.at(self.sums, labels, vectors.astype(np.float64) * weights[:, None])
-        np.add.at(self.wsum, labels, weights)
+        onehot = sp.csr_matrix(
+            (weights.astype(np.float32), (labels, np.arange(len(labels)))),
+            shape=(n_entries, len(labels)),
+        )
+        self.sums = np.asarray(onehot @ self.x, dtype=np.float64)
+        self.wsum = np.bincount(labels, weights=weights, minlength=n_entries).astype(np.float64)
         self.neg_x: list[FloatArray] = []
         self.neg_labels: list[int] = []
         self.shrink = shrink
@@ -558,10 +585,14 @@ class _DenseView:
         self.set_shrink(shrink)
 
     def _within_scatter(self, x: FloatArray, labels: IntArray, weights: F64Array) -> F64Array:
+        """Pooled within-entry covariance: (sum w x x^T - sum_c W_c mu_c mu_c^T) / dof."""
+        xw = x * weights.astype(np.float32)[:, None]
+        total = (xw.T @ x).astype(np.float64)
+        del xw
         means = self.sums / np.maximum(self.wsum, 1e-9)[:, None]
-        resid = (x.astype(np.float64) - means[labels]) * np.sqrt(weights)[:, None]
+        between = (means * self.wsum[:, None]).T @ means
         dof = max(float(weights.sum()) - float((self.wsum > 0).sum()), 1.0)
-        scatter: F64Array = (resid.T @ resid) / dof
+        scatter: F64Array = (total - between) / dof
         return scatter
 
     def set_shrink(self, shrink: float) -> None:
@@ -635,11 +666,14 @@ class _DenseView:
         q64 = q.astype(np.float64)
         lda_scores = q64 @ a.T + b
         n = self.n
-        sims = (q @ self.x[:n].T).astype(np.float64)
-        sims[:, ~alive[:n]] = -1.0
         if self._group_n != n:
             self._group, self._group_n = _grouping(labels[:n]), n
-        return {"lda": lda_scores, "knn": _class_max(sims, labels[:n], a.shape[0], self._group)}
+        knn = np.empty((q.shape[0], a.shape[0]))
+        for lo in range(0, q.shape[0], _CHUNK):
+            sims = (q[lo : lo + _CHUNK] @ self.x[:n].T).astype(np.float64)
+            sims[:, ~alive[:n]] = -1.0
+            knn[lo : lo + _CHUNK] = _class_max(sims, labels[:n], a.shape[0], self._group)
+        return {"lda": lda_scores, "knn": knn}
 
     def negative_sims(self, q: FloatArray, n_entries: int) -> F64Array:
         """Per-entry max cosine to discarded drafts (-1 where none)."""
@@ -1005,7 +1039,13 @@ class Matcher:
             onehot = sp.csr_matrix(
                 (q_w, (q_lab, np.arange(len(q_idx)))), shape=(n_entries, len(q_idx))
             )
-            lex_sums = self._lexical.sums - (onehot @ q_lex).toarray().astype(np.float32)
+            lex_sums = self._lexical.sums.copy()
+            q_coo = q_lex.tocoo()
+            np.subtract.at(
+                lex_sums,
+                (q_lab[q_coo.row], q_coo.col),
+                (q_coo.data * q_w[q_coo.row]).astype(np.float32),
+            )
             np.maximum(lex_sums, 0.0, out=lex_sums)
             comps = self._lexical.components(
                 q_lex, keep, lab, need_knn=self._dense is None, sums=lex_sums

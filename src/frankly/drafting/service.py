@@ -86,14 +86,14 @@ async def _rejected_slugs(session: AsyncSession, *, message: Message) -> frozens
 
 
 async def _outcome_for(
-    session: AsyncSession, *, message: Message, exclude: frozenset[str] = frozenset()
-) -> tuple[DraftOutcome, LanguageChoice, Conversation]:
-    conversation = await conversation_service.get_conversation(
-        session, conversation_id=message.conversation_id
-    )
+    session: AsyncSession,
+    *,
+    message: Message,
+    conversation: Conversation,
+    exclude: frozenset[str] = frozenset(),
+) -> tuple[DraftOutcome, LanguageChoice]:
+    """Ask the engine; reads only, so no write lock is held while it matches."""
     language = await choose_language(session, text=message.text, conversation=conversation)
-    if language.source == "detected" and conversation.language != language.code:
-        conversation.language = language.code
     previous = await conversation_service.recent_customer_texts(session, message=message)
     request = DraftRequest(
         text=message.text,
@@ -101,11 +101,11 @@ async def _outcome_for(
         context=conversation.context,
         previous=previous,
         threshold=await desk_service.draft_threshold(session),
-        exclude=exclude | await _rejected_slugs(session, message=message),
+        exclude=exclude,
     )
     outcome = await get_engine().draft(session, request)
     outcome.why["language_source"] = language.source
-    return outcome, language, conversation
+    return outcome, language
 
 
 async def _store(
@@ -116,6 +116,12 @@ async def _store(
     language: LanguageChoice,
     requested_by: Agent | None,
 ) -> Draft | None:
+    if language.source == "detected":
+        conversation = await conversation_service.get_conversation(
+            session, conversation_id=message.conversation_id
+        )
+        if conversation.language != language.code:
+            conversation.language = language.code
     if outcome.drafted and outcome.entry is not None and outcome.text is not None:
         entry = await knowledge_service.get_entry(session, entry_id=outcome.entry.id)
         metrics.DRAFTS.labels("drafted").inc()
@@ -143,7 +149,10 @@ async def draft_for_message(session: AsyncSession, *, message_id: int) -> Draft 
     message = await conversation_service.get_message(session, message_id=message_id)
     if message.drafting != DraftingState.QUEUED:
         return None
-    outcome, language, _conversation = await _outcome_for(session, message=message)
+    conversation = await conversation_service.get_conversation(
+        session, conversation_id=message.conversation_id
+    )
+    outcome, language = await _outcome_for(session, message=message, conversation=conversation)
     outcome.why.setdefault("timings_ms", {})["total"] = round(
         (time.perf_counter() - started) * 1000, 3
     )
@@ -167,7 +176,13 @@ async def regenerate(session: AsyncSession, *, agent: Agent, draft: Draft) -> Dr
     if draft.faq_entry_id:
         current = await knowledge_service.get_entry(session, entry_id=draft.faq_entry_id)
         exclude = frozenset({current.slug})
-    outcome, language, _ = await _outcome_for(session, message=message, exclude=exclude)
+    conversation = await conversation_service.get_conversation(
+        session, conversation_id=message.conversation_id
+    )
+    exclude |= await _rejected_slugs(session, message=message)
+    outcome, language = await _outcome_for(
+        session, message=message, conversation=conversation, exclude=exclude
+    )
     new = await _store(
         session, message=message, outcome=outcome, language=language, requested_by=agent
     )

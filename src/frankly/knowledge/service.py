@@ -286,23 +286,21 @@ class KnowledgeStamp:
 
 
 async def knowledge_stamp(session: AsyncSession) -> KnowledgeStamp:
-    entries = (
+    """One round trip: entry count, version sum, last update; example count and last id."""
+    row = (
         await session.execute(
             select(
-                func.count(FaqEntry.id),
-                func.coalesce(func.sum(FaqEntry.version), 0),
-                func.max(FaqEntry.updated_at),
+                select(func.count(FaqEntry.id)).scalar_subquery(),
+                select(func.coalesce(func.sum(FaqEntry.version), 0)).scalar_subquery(),
+                select(func.max(FaqEntry.updated_at)).scalar_subquery(),
+                select(func.count(LearnedExample.id)).scalar_subquery(),
+                select(func.coalesce(func.max(LearnedExample.id), 0)).scalar_subquery(),
             )
         )
     ).one()
-    examples = (
-        await session.execute(
-            select(func.count(LearnedExample.id), func.coalesce(func.max(LearnedExample.id), 0))
-        )
-    ).one()
     return KnowledgeStamp(
-        entries_version=(int(entries[0]), int(entries[1]), str(entries[2])),
-        examples=(int(examples[0]), int(examples[1])),
+        entries_version=(int(row[0]), int(row[1]), str(row[2])),
+        examples=(int(row[3]), int(row[4])),
     )
 
 

@@ -47,12 +47,14 @@ class Worker:
         poll_seconds: float = 1.0,
         lease_seconds: int = 120,
         name: str | None = None,
+        batch: int = 8,
     ) -> None:
         load_handlers()
         self.database = database
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
+        self.batch = batch
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -100,11 +102,11 @@ class Worker:
                 pass
 
     async def run_once(self, worker_id: str | None = None) -> int:
-        """Claim and run at most one job; returns how many ran (0 or 1)."""
+        """Claim up to `batch` due jobs and run them one by one; returns how many ran."""
         worker_id = worker_id or self.id
         async with self.database.sessionmaker() as session:
             jobs = await worker_service.claim(
-                session, worker_id=worker_id, lease_seconds=self.lease_seconds
+                session, worker_id=worker_id, lease_seconds=self.lease_seconds, limit=self.batch
             )
             await session.commit()
         for claimed in jobs:
@@ -114,7 +116,7 @@ class Worker:
                     raise LookupError(f"no handler for job {claimed.name!r}")
                 async with self.database.sessionmaker() as session:
                     await handler(session, claimed.payload)
-                    await worker_service.finish(session, job_id=claimed.id, worker_id=worker_id)
+                    await worker_service.finish(session, job=claimed)
                     await session.commit()
                 metrics.JOBS.labels(claimed.name, "done").inc()
             except Exception as exc:
@@ -123,7 +125,6 @@ class Worker:
                     final = await worker_service.fail(
                         session,
                         job=claimed,
-                        worker_id=worker_id,
                         error="".join(traceback.format_exception_only(exc)).strip(),
                     )
                     await session.commit()

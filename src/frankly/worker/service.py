@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -25,8 +26,13 @@ async def enqueue(
 async def claim(
     session: AsyncSession, *, worker_id: str, lease_seconds: int, limit: int = 1
 ) -> list[Job]:
-    """Take due jobs (or jobs whose lease expired) for this worker; commit right after."""
+    """Take due jobs (or jobs whose lease expired) for this worker; commit right after.
+
+    Each claim writes a fresh token into `locked_by`, so only this call gets these jobs back,
+    however many loops share the worker id.
+    """
     now = utcnow()
+    token = f"{worker_id}#{secrets.token_hex(4)}"
     candidates = (
         select(Job.id)
         .where(
@@ -42,52 +48,50 @@ async def claim(
     ids = list((await session.scalars(candidates)).all())
     if not ids:
         return []
-    claimed = []
-    for job_id in ids:
-        result = await session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                or_(
-                    Job.status == JobStatus.QUEUED,
-                    (Job.status == JobStatus.RUNNING) & (Job.locked_until < now),
-                ),
-            )
-            .values(
-                status=JobStatus.RUNNING,
-                locked_by=worker_id,
-                locked_until=now + timedelta(seconds=lease_seconds),
-                attempts=Job.attempts + 1,
-            )
-            .execution_options(synchronize_session=False)
+    # One conditional UPDATE for the batch: on SQLite (no row locks) it is what makes a claim
+    # exclusive; on PostgreSQL the rows are already locked by SKIP LOCKED above.
+    await session.execute(
+        update(Job)
+        .where(
+            Job.id.in_(ids),
+            or_(
+                Job.status == JobStatus.QUEUED,
+                (Job.status == JobStatus.RUNNING) & (Job.locked_until < now),
+            ),
         )
-        if getattr(result, "rowcount", 0) == 1:
-            claimed.append(job_id)
-    if not claimed:
-        return []
+        .values(
+            status=JobStatus.RUNNING,
+            locked_by=token,
+            locked_until=now + timedelta(seconds=lease_seconds),
+            attempts=Job.attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
     jobs = await session.scalars(
-        select(Job).where(Job.id.in_(claimed)).execution_options(populate_existing=True)
+        select(Job)
+        .where(Job.id.in_(ids), Job.locked_by == token, Job.status == JobStatus.RUNNING)
+        .order_by(Job.run_after, Job.id)
+        .execution_options(populate_existing=True)
     )
     return list(jobs.all())
 
 
-async def finish(session: AsyncSession, *, job_id: int, worker_id: str) -> None:
+async def finish(session: AsyncSession, *, job: Job) -> None:
+    """Mark a claimed job done (a no-op if its lease expired and someone else took it)."""
     await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.locked_by == worker_id)
+        .where(Job.id == job.id, Job.locked_by == job.locked_by)
         .values(status=JobStatus.DONE, finished_at=utcnow(), locked_until=None, last_error=None)
     )
 
 
-async def fail(
-    session: AsyncSession, *, job: Job, worker_id: str, error: str, base_delay: float = 2.0
-) -> bool:
+async def fail(session: AsyncSession, *, job: Job, error: str, base_delay: float = 2.0) -> bool:
     """Record a failure; retry later with exponential backoff unless attempts ran out."""
     final = job.attempts >= job.max_attempts
     delay = timedelta(seconds=base_delay * (2 ** max(job.attempts - 1, 0)))
     await session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.locked_by == worker_id)
+        .where(Job.id == job.id, Job.locked_by == job.locked_by)
         .values(
             status=JobStatus.FAILED if final else JobStatus.QUEUED,
             run_after=utcnow() + delay,
