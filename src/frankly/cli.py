@@ -1,8 +1,9 @@
-"""The `frankly` command: serve, worker, db upgrade, demo, faq import/export, agents, tokens, eval."""
+"""The `frankly` command: serve, worker, db, demo, faq import/export, agents, tokens, eval."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -32,8 +33,8 @@ app.add_typer(faq_app, name="faq")
 app.add_typer(agent_app, name="agent")
 app.add_typer(token_app, name="token")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
@@ -129,10 +130,8 @@ def worker(
         finally:
             await database.dispose()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 @db_app.command("upgrade")

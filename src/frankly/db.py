@@ -64,7 +64,13 @@ class Base(DeclarativeBase):
     }
 
 
+def _unicode_lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite's own lower() folds ASCII only; searches must fold Cyrillic too.
+    dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -271,11 +271,6 @@ class TestFaqFiles:
         assert f"{path.name} line {line}: field 'answers'" in message, result.stderr
         assert "Traceback" not in result.stderr
 
-    @pytest.mark.xfail(
-        reason="BUG: cli.py prints errors through rich Console(stderr=True), which hard-wraps "
-        "at 80 columns when stderr is not a terminal, splitting the message over lines",
-        strict=True,
-    )
     def test_bad_file_error_is_one_line(
         self, bad_faq: tuple[Path, int, subprocess.CompletedProcess[str]]
     ) -> None:
@@ -342,11 +337,6 @@ class TestBadSettings:
         assert result.stderr.startswith(f"error: {name}:"), result.stderr
         assert "Traceback" not in result.stderr and result.stdout == ""
 
-    @pytest.mark.xfail(
-        reason="BUG: cli.py _settings() prints through rich Console(stderr=True), which "
-        "hard-wraps at 80 columns when stderr is not a terminal, so the error is two lines",
-        strict=True,
-    )
     @pytest.mark.parametrize("name", ["FRANKLY_PORT", "FRANKLY_DATABASE_URL"])
     def test_bad_setting_error_is_one_line(
         self, name: str, bad_settings: dict[str, subprocess.CompletedProcess[str]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 from sqlalchemy import func, select
 
@@ -84,18 +83,7 @@ class TestCreateAndRead:
             found = await client.get("/api/v1/faq", params={"q": q}, headers=desk.as_agent())
             assert [e["slug"] for e in found.json()] == expected, q
 
-    async def test_search_is_case_insensitive_in_russian(
-        self, client, db, backend, request
-    ) -> None:
-        if backend == "sqlite":
-            request.applymarker(
-                pytest.mark.xfail(
-                    reason="BUG (SQLite): list_entries filters with SQL lower(), which SQLite "
-                    "folds for ASCII only, so Cyrillic search is case-sensitive "
-                    "(knowledge/service.py list_entries)",
-                    strict=True,
-                )
-            )
+    async def test_search_is_case_insensitive_in_russian(self, client, db) -> None:
         desk = await make_desk(db)
         await _create(client, desk, slug="ru-banks", question="Какие банки принимаете?")
         found = await client.get("/api/v1/faq", params={"q": "какие"}, headers=desk.as_agent())
@@ -150,11 +138,6 @@ class TestCreateAndRead:
         assert bad_patch.status_code == 422 and "slug" in bad_patch.json()["detail"]
         assert await _counts(db) == before
 
-    @pytest.mark.xfail(
-        reason="BUG: SLUG_RE allows all-digit slugs but find_entry treats digits as an id, so "
-        "GET/PATCH/DELETE /faq/1 hit the entry with id 1 (knowledge/service.py find_entry)",
-        strict=True,
-    )
     async def test_numeric_slug_is_refused_or_reachable_by_slug(self, client, db) -> None:
         """A slug of digits must not be shadowed by the entry with that id."""
         desk = await make_desk(db)

@@ -163,11 +163,6 @@ class TestRoundTrip:
         path.write_text(dump_faq(TRICKY, fmt="csv"), encoding="utf-8")
         assert content(read_faq_file(path)) == content(TRICKY)
 
-    @pytest.mark.xfail(
-        reason="BUG: dump_csv joins paraphrases/tags with '|' without escaping, so a "
-        "paraphrase containing '|' comes back split in two (files.py dump_csv/_split)",
-        strict=True,
-    )
     def test_bar_inside_a_paraphrase_survives_csv(self) -> None:
         entry = FaqFileEntry(
             slug="a", question="Q", paraphrases=["T-Bank | Sber?"], answers={"en": "A"}
@@ -291,11 +286,6 @@ class TestBadCsv:
         message = rejected(self.HEADER + 'a,Q,"one\ntwo\nthree",,\nb,Q,A,,maybe\n', "faq.csv")
         assert message.startswith("faq.csv line 5: field 'never_draft'")
 
-    @pytest.mark.xfail(
-        reason="BUG: _parse_csv reports reader.line_num, the LAST physical line of a quoted "
-        "multi-line record, not the line where the record starts (files.py _parse_csv)",
-        strict=True,
-    )
     def test_multiline_record_is_named_by_its_first_line(self) -> None:
         message = rejected(self.HEADER + 'a,Q,A,,\nb,"",A,"x\ny",\n', "faq.csv")
         assert message.startswith("faq.csv line 3: field 'question'")

@@ -51,7 +51,7 @@ class AuthSession(Base):
 
 
 class ApiToken(Base):
-    """A bearer token: a channel token only posts inbound messages; an agent token acts as its agent."""
+    """A bearer token: a channel token only posts inbound messages; an agent token acts as one."""
 
     __tablename__ = "api_tokens"
 

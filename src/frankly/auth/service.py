@@ -119,7 +119,7 @@ async def resolve_session(session: AsyncSession, *, token: str) -> tuple[AuthSes
     ).first()
     if row is None:
         return None
-    record, agent = row.tuple()
+    record, agent = row[0], row[1]
     if record.expires_at <= utcnow() or not agent.is_active:
         return None
     return record, agent

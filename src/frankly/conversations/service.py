@@ -408,7 +408,7 @@ async def record_abstention(
 async def claim_drafting(
     session: AsyncSession, *, message: Message, state: DraftingState, language: str | None
 ) -> bool:
-    """Move an inbound message out of QUEUED exactly once; False when another run got there first."""
+    """Move an inbound message out of QUEUED exactly once; False if another run got there first."""
     result = await session.execute(
         update(Message)
         .where(Message.id == message.id, Message.drafting == DraftingState.QUEUED)

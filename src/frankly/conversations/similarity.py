@@ -1,7 +1,7 @@
 """How much of a draft survives in what the agent sent.
 
-similarity(draft, sent) is difflib's ratio over word tokens of the case-folded, whitespace-normalised
-texts: 2·M / (|a| + |b|), M = tokens in matching blocks. 1.0 means the same words in the same order,
+similarity(draft, sent) is difflib's ratio over word tokens of the case-folded texts:
+2·M / (|a| + |b|), M = tokens in matching blocks. 1.0 means the same words in the same order,
 0.0 nothing in common. A reply counts as derived from the draft at or above DERIVED_THRESHOLD.
 """
 

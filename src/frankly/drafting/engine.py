@@ -1,4 +1,4 @@
-"""The drafting engine protocol and the default offline engine (FAQ matching, abstains when unsure)."""
+"""The drafting engine protocol and the default offline engine (FAQ matching, or abstain)."""
 
 from __future__ import annotations
 

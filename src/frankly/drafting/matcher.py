@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import math
 import os
+import re
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +39,6 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp  # type: ignore[import-untyped,unused-ignore]
-from sklearn.feature_extraction.text import HashingVectorizer  # type: ignore[import-untyped,unused-ignore]
-from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped,unused-ignore]
 
 __all__ = [
     "HAS_E5",
@@ -195,103 +196,139 @@ def default_encoder() -> TextEncoder | None:
     return get_encoder(choice)
 
 
-_HASH_BITS = 20
-_WORD_HASHER = HashingVectorizer(
-    ngram_range=(1, 2), n_features=2**_HASH_BITS, alternate_sign=False, norm=None
-)
-_CHAR_HASHER = HashingVectorizer(
-    analyzer="char_wb",
-    ngram_range=(2, 5),
-    n_features=2**_HASH_BITS,
-    alternate_sign=False,
-    norm=None,
-)
+_HASH_BITS = 21
+_HASH_MASK = (1 << _HASH_BITS) - 1
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+Counts = tuple[npt.NDArray[np.int32], FloatArray]
 
 
-class _CountCache:
-    """Bounded LRU of text -> hashed raw n-gram counts (stateless, so safe across rebuilds)."""
+def _ngrams(text: str) -> list[str]:
+    """Word 1-2-grams (marked with a NUL prefix) and char 2-5-grams inside space-padded words."""
+    flat = " ".join(text.lower().split())
+    words = _TOKEN.findall(flat)
+    grams = ["\x00" + w for w in words]
+    grams += ["\x00" + a + " " + b for a, b in itertools.pairwise(words)]
+    for word in flat.split():
+        padded = " " + word + " "
+        size = len(padded)
+        for n in range(2, 6):
+            if n >= size:
+                grams.append(padded)
+                break
+            grams += [padded[i : i + n] for i in range(size - n + 1)]
+    return grams
 
-    def __init__(self, max_items: int = 50_000) -> None:
+
+def _hashed_counts(text: str) -> Counts:
+    """Sorted hashed n-gram columns and their counts for one text.
+
+    CRC-32 keeps the hashing identical across processes (Python's str hash is salted).
+    """
+    grams = map(str.encode, _ngrams(text))
+    hashed = np.fromiter(map(zlib.crc32, grams), dtype=np.int64) & _HASH_MASK
+    cols, counts = np.unique(hashed, return_counts=True)
+    return cols.astype(np.int32), counts.astype(np.float32)
+
+
+def _stack_counts(rows: Sequence[Counts]) -> Any:
+    """csr (len(rows) x 2^bits) from per-text (columns, counts)."""
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    if rows:
+        np.cumsum([len(r[0]) for r in rows], out=indptr[1:])
+        indices = np.concatenate([r[0] for r in rows])
+        data = np.concatenate([r[1] for r in rows])
+    else:
+        indices, data = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), 1 << _HASH_BITS))
+
+
+def _resolve_encoder(encoder: TextEncoder | str | None) -> TextEncoder | None:
+    """'auto' -> environment default, 'lexical'/None -> no encoder, a name -> that encoder."""
+    if encoder is None:
+        return None
+    if isinstance(encoder, str):
+        if encoder == "auto":
+            return default_encoder()
+        if encoder in {"lexical", "none", "off"}:
+            return None
+        return get_encoder(encoder)
+    return encoder
+
+
+class EmbeddingCache:
+    """Bounded LRU of text -> (embedding, hashed n-gram counts): repeated texts are not re-encoded.
+
+    Kept small by default (recent queries and context); ``Matcher.rebuild`` seeds a private,
+    larger one from the old index so a rebuild never re-encodes its members.
+    """
+
+    def __init__(self, max_items: int = 8192) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._vectors: OrderedDict[tuple[str, str], FloatArray] = OrderedDict()
+        self._counts: OrderedDict[str, Counts] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._vectors)
 
     def clear(self) -> None:
         """Forget everything."""
         with self._lock:
-            self._items.clear()
+            self._vectors.clear()
+            self._counts.clear()
+
+    def put_vector(self, encoder_name: str, text: str, vector: FloatArray) -> None:
+        """Store a known embedding (used to seed rebuilds)."""
+        with self._lock:
+            self._vectors[(encoder_name, text)] = vector
+            self._trim(self._vectors)
+
+    def put_counts(self, text: str, counts: Counts) -> None:
+        """Store known n-gram counts (used to seed rebuilds)."""
+        with self._lock:
+            self._counts[text] = counts
+            self._trim(self._counts)
+
+    def _trim(self, items: OrderedDict[Any, Any]) -> None:
+        while len(items) > self.max_items:
+            items.popitem(last=False)
 
     def counts(self, texts: Sequence[str]) -> Any:
-        """csr (len(texts) x 2^(bits+1)) of raw word 1-2-gram and char 2-5-gram counts."""
-        found: dict[str, tuple[npt.NDArray[np.int32], FloatArray]] = {}
+        """Hashed raw n-gram counts of ``texts`` as a csr matrix."""
+        found: dict[str, Counts] = {}
         with self._lock:
             for text in texts:
-                hit = self._items.get(text)
+                hit = self._counts.get(text)
                 if hit is not None:
-                    self._items.move_to_end(text)
+                    self._counts.move_to_end(text)
                     found[text] = hit
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
-        for start in range(0, len(missing), 1000):
-            chunk = missing[start : start + 1000]
-            fresh = sp.hstack(
-                [_WORD_HASHER.transform(chunk), _CHAR_HASHER.transform(chunk)], format="csr"
-            )
-            with self._lock:
-                for i, text in enumerate(chunk):
-                    lo, hi = fresh.indptr[i], fresh.indptr[i + 1]
-                    row = (
-                        fresh.indices[lo:hi].astype(np.int32),
-                        fresh.data[lo:hi].astype(np.float32),
-                    )
-                    found[text] = row
-                    self._items[text] = row
-                while len(self._items) > self.max_items:
-                    self._items.popitem(last=False)
-        rows = [found[t] for t in texts]
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum([len(r[0]) for r in rows])
-        indices = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, np.int32)
-        data = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, np.float32)
-        return sp.csr_matrix((data, indices, indptr), shape=(len(rows), 2 ** (_HASH_BITS + 1)))
-
-
-class EmbeddingCache:
-    """Bounded LRU of text -> embedding, so rebuilds and repeated context do not re-encode."""
-
-    def __init__(self, max_items: int = 50_000) -> None:
-        self.max_items = max_items
-        self._items: OrderedDict[tuple[str, str], FloatArray] = OrderedDict()
-        self._lock = threading.Lock()
-        self.counts = _CountCache(max_items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        """Forget everything (embeddings and hashed n-gram counts)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        fresh = [(t, _hashed_counts(t)) for t in missing]
         with self._lock:
-            self._items.clear()
-        self.counts.clear()
+            for text, row in fresh:
+                found[text] = row
+                self._counts[text] = row
+            self._trim(self._counts)
+        return _stack_counts([found[t] for t in texts])
 
     def encode(self, encoder: TextEncoder, texts: Sequence[str]) -> FloatArray:
-        """Embeddings for ``texts`` (rows in order), encoding only the misses in one batch."""
+        """Embeddings for ``texts`` (rows in order), encoding only the misses, in batches."""
         found: dict[str, FloatArray] = {}
         with self._lock:
             for text in texts:
-                hit = self._items.get((encoder.name, text))
+                hit = self._vectors.get((encoder.name, text))
                 if hit is not None:
-                    self._items.move_to_end((encoder.name, text))
+                    self._vectors.move_to_end((encoder.name, text))
                     found[text] = hit
-        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         for start in range(0, len(missing), 256):
             chunk = missing[start : start + 256]
             fresh = encoder.encode(chunk)
             with self._lock:
                 for text, row in zip(chunk, fresh, strict=True):
-                    found[text] = row.copy()
-                    self._items[(encoder.name, text)] = found[text]
-                while len(self._items) > self.max_items:
-                    self._items.popitem(last=False)
+                    found[text] = row
+                    self._vectors[(encoder.name, text)] = row
+                self._trim(self._vectors)
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
         return np.vstack([found[t] for t in texts]).astype(np.float32, copy=False)
@@ -398,22 +435,26 @@ class _Members:
 class _LexicalView:
     """TF-IDF view: naive Bayes, centroid cosine and nearest-neighbour cosine per entry.
 
-    Texts are hashed into word 1-2-grams and char 2-5-grams (cached per text), then compacted to
-    the columns seen at build time, so a rebuild only recomputes IDF and sums.
+    Texts are hashed into word 1-2-grams and char 2-5-grams, then compacted to the columns seen
+    at build time (unseen n-grams are ignored until the next rebuild). Raw member counts are kept
+    so a rebuild does not re-tokenise; weighted member rows are kept only when nearest-neighbour
+    scoring needs them (lexical-only mode).
     """
 
     name = "lexical"
 
     def __init__(
         self,
-        texts: Sequence[str],
+        counts: Any,
         labels: IntArray,
         weights: F64Array,
         n: int,
-        cache: _CountCache,
+        cache: EmbeddingCache,
+        *,
+        keep_rows: bool,
     ) -> None:
         self._cache = cache
-        counts = cache.counts(texts)
+        self.keep_rows = keep_rows
         df = np.bincount(counts.indices, minlength=counts.shape[1])
         used = np.flatnonzero(df)
         if len(used) > MAX_LEXICAL_FEATURES:
@@ -421,23 +462,27 @@ class _LexicalView:
         self.dim = len(used)
         self._lookup = np.full(counts.shape[1], -1, dtype=np.int32)
         self._lookup[used] = np.arange(self.dim, dtype=np.int32)
-        n_docs = max(len(texts), 1)
+        n_docs = max(counts.shape[0], 1)
         self._idf = (np.log((1.0 + n_docs) / (1.0 + df[used])) + 1.0).astype(np.float32)
-        del df
-        rows = self._weigh(counts)
-        self._base = rows
-        self._pending: list[Any] = []
-        self._rows_t: Any = None
+        del df, used
+        self._counts = counts
+        self._counts_pending: list[Any] = []
+        rows = self.weigh(counts)
         self.sums = np.zeros((n, self.dim), dtype=np.float32)
-        self.wsum = np.zeros(n)
-        onehot = sp.csr_matrix((weights, (labels, np.arange(len(labels)))), shape=(n, len(labels)))
-        self.sums[:] = (onehot @ rows).toarray()
-        np.add.at(self.wsum, labels, weights)
+        np.add.at(
+            self.sums,
+            (np.repeat(labels, np.diff(rows.indptr)), rows.indices),
+            rows.data * np.repeat(weights, np.diff(rows.indptr)).astype(np.float32),
+        )
+        self._rows: Any = rows if keep_rows else None
+        del rows
+        self._rows_pending: list[Any] = []
+        self._rows_t: Any = None
         self._refresh_stats()
         self.neg_rows: list[Any] = []
         self.neg_labels: list[int] = []
 
-    def _weigh(self, counts: Any) -> Any:
+    def weigh(self, counts: Any) -> Any:
         """Raw hashed counts -> compacted, sublinear-tf * idf, L2-normalised csr rows."""
         counts = sp.csr_matrix(counts)
         n_rows = counts.shape[0]
@@ -455,8 +500,21 @@ class _LexicalView:
         return sp.csr_matrix((data, cols, indptr), shape=(n_rows, self.dim))
 
     def transform(self, texts: Sequence[str]) -> Any:
-        """L2-normalised TF-IDF rows (csr) for ``texts``; unseen n-grams are ignored."""
-        return self._weigh(self._cache.counts(list(texts)))
+        """L2-normalised TF-IDF rows (csr) for ``texts``."""
+        return self.weigh(self._cache.counts(list(texts)))
+
+    def member_counts(self) -> Any:
+        """Raw counts of every member row (base + appended)."""
+        if self._counts_pending:
+            self._counts = sp.vstack([self._counts, *self._counts_pending], format="csr")
+            self._counts_pending = []
+        return self._counts
+
+    def member_rows(self, idx: IntArray) -> Any:
+        """Weighted rows of the members at ``idx``."""
+        if self.keep_rows:
+            return self.rows()[idx]
+        return self.weigh(self.member_counts()[idx])
 
     def _refresh_stats(self, label: int | None = None) -> None:
         if label is None:
@@ -467,33 +525,33 @@ class _LexicalView:
             self.totals[label] = row.sum()
             self.cnorm[label] = math.sqrt(float(row @ row))
 
-    def rows_t(self) -> Any:
-        """Transpose of all member rows (base + appended), cached until the next append."""
-        if self._pending:
-            self._base = sp.vstack([self._base, *self._pending]).tocsr()
-            self._pending = []
+    def rows(self) -> Any:
+        """All weighted member rows (only kept in lexical-only mode)."""
+        if self._rows_pending:
+            self._rows = sp.vstack([self._rows, *self._rows_pending], format="csr")
+            self._rows_pending = []
             self._rows_t = None
+        return self._rows
+
+    def rows_t(self) -> Any:
+        """Transpose of all weighted member rows, cached until the next append."""
+        rows = self.rows()
         if self._rows_t is None:
-            self._rows_t = sp.csr_matrix(self._base.T)
+            self._rows_t = sp.csr_matrix(rows.T)
         return self._rows_t
 
-    def rows(self) -> Any:
-        """All member rows as one csr matrix."""
-        self.rows_t()
-        return self._base
-
-    def add(self, row: Any, label: int, weight: float) -> None:
-        """Append a member row and update its entry's sums."""
-        self._pending.append(row)
-        self._rows_t = None
+    def add(self, counts: Any, row: Any, label: int, weight: float) -> None:
+        """Append a member (raw counts + weighted row) and update its entry's sums."""
+        self._counts_pending.append(counts)
+        if self.keep_rows:
+            self._rows_pending.append(row)
+            self._rows_t = None
         self.sums[label, row.indices] += (weight * row.data).astype(np.float32)
-        self.wsum[label] += weight
         self._refresh_stats(label)
 
     def remove(self, row: Any, label: int, weight: float) -> None:
         """Subtract a member row from its entry's sums (the row itself is masked by the caller)."""
         self.sums[label, row.indices] -= (weight * row.data).astype(np.float32)
-        self.wsum[label] -= weight
         np.maximum(self.sums[label], 0.0, out=self.sums[label])
         self._refresh_stats(label)
 
@@ -736,14 +794,11 @@ class Matcher:
         if len(set(self._keys)) != len(self._keys):
             raise ValueError("FAQ entry keys must be unique")
         self._index = {k: i for i, k in enumerate(self._keys)}
-        self._encoder: TextEncoder | None = (
-            default_encoder()
-            if encoder == "auto"
-            else get_encoder(encoder)
-            if isinstance(encoder, str)
-            else encoder
-        )
+        self._encoder = _resolve_encoder(encoder)
         self._cache = cache if cache is not None else _SHARED_CACHE
+        self._entries = list(entries)
+        self._negatives: list[tuple[str, str]] = []
+        self._seed = seed
         self._lock = threading.RLock()
         self._rng = np.random.default_rng(seed)
         self._members = _Members()
@@ -769,7 +824,14 @@ class Matcher:
         self._members.extend(texts, labels, kinds)
         lab, wts, _alive = self._members.view()
         n_entries = len(self._keys)
-        self._lexical = _LexicalView(texts, lab, wts, n_entries, self._cache.counts)
+        self._lexical = _LexicalView(
+            self._cache.counts(texts),
+            lab,
+            wts,
+            n_entries,
+            self._cache,
+            keep_rows=self._encoder is None,
+        )
         self._dense: _DenseView | None = None
         if self._encoder is not None:
             vecs = self._cache.encode(self._encoder, texts)
@@ -780,8 +842,42 @@ class Matcher:
         self._fit_by_cv()
         for text, key in negatives:
             self.add_negative(key, text)
+        self._cache = cache if cache is not None else _SHARED_CACHE
 
     # ----------------------------------------------------------------- public API
+
+    def rebuild(self) -> Matcher:
+        """A freshly fitted Matcher over the same entries plus everything learned online.
+
+        Reuses this index's encodings and n-gram counts, so nothing is re-encoded; the live
+        matcher keeps serving until the caller swaps in the result.
+        """
+        with self._lock:
+            lab, _wts, alive = self._members.view()
+            seed_cache = EmbeddingCache(max_items=self._members.n + 64)
+            counts = self._lexical.member_counts()
+            examples: list[tuple[str, str]] = []
+            for i in range(self._members.n):
+                text = self._members.texts[i]
+                row = counts[i]
+                seed_cache.put_counts(
+                    text, (row.indices.astype(np.int32), row.data.astype(np.float32))
+                )
+                if self._dense is not None and self._encoder is not None:
+                    seed_cache.put_vector(self._encoder.name, text, self._dense.x[i].copy())
+                if alive[i] and self._members.kinds[i] == "example":
+                    examples.append((text, self._keys[int(lab[i])]))
+            negatives = list(self._negatives)
+        fresh = Matcher(
+            self._entries,
+            examples,
+            negatives,
+            encoder=self._encoder,
+            cache=seed_cache,
+            seed=self._seed,
+        )
+        fresh._cache = self._cache
+        return fresh
 
     @property
     def keys(self) -> list[str]:
@@ -816,7 +912,7 @@ class Matcher:
                     and self._members.texts[i] == text
                 ):
                     alive[i] = False
-                    row = self._lexical.transform([text])
+                    row = self._lexical.weigh(self._lexical.member_counts()[i])
                     self._lexical.remove(row, label, float(wts[i]))
                     if self._dense is not None:
                         self._dense.remove(self._dense.x[i], label, float(wts[i]))
@@ -831,6 +927,7 @@ class Matcher:
         row = self._lexical.transform([text])
         vec = self._encode([text])[0] if self._dense is not None else None
         with self._lock:
+            self._negatives.append((text, key))
             self._lexical.neg_rows.append(row)
             self._lexical.neg_labels.append(label)
             if self._dense is not None and vec is not None:
@@ -920,12 +1017,13 @@ class Matcher:
         text = text.strip()
         if not text:
             return
-        row = self._lexical.transform([text])
+        counts = self._cache.counts([text])
+        row = self._lexical.weigh(counts)
         vec = self._encode([text])[0] if self._dense is not None else None
         with self._lock:
             self._members.extend([text], [label], [kind])
             weight = KIND_WEIGHT[kind]
-            self._lexical.add(row, label, weight)
+            self._lexical.add(counts, row, label, weight)
             if self._dense is not None and vec is not None:
                 self._dense.add(vec, label, weight)
 
@@ -1021,7 +1119,6 @@ class Matcher:
         all_active: list[BoolArray] = []
         all_labels: list[IntArray] = []
         all_oos: list[BoolArray] = []
-        lex_rows = self._lexical.rows()
         precisions = (
             {s: self._dense._precision(s) for s in shrinks} if self._dense is not None else {}
         )
@@ -1035,7 +1132,7 @@ class Matcher:
             keep = alive & ~held
             # entry sums without the fold's members
             q_lab, q_w = lab[q_idx], wts[q_idx]
-            q_lex = lex_rows[q_idx]
+            q_lex = self._lexical.member_rows(q_idx)
             onehot = sp.csr_matrix(
                 (q_w, (q_lab, np.arange(len(q_idx)))), shape=(n_entries, len(q_idx))
             )
@@ -1121,10 +1218,9 @@ class Matcher:
         if y.sum() < 10 or (~y).sum() < 10:
             return
         x[:, 1] = np.clip(x[:, 1], -10.0, 10.0)
-        model = LogisticRegression(C=1.0, max_iter=500).fit(x, y)
-        c = model.coef_[0]
+        c = _fit_logistic(x, y.astype(np.float64))
         self._calibration = _Calibration(
-            coef=(float(model.intercept_[0]), float(c[0]), float(c[1]), float(c[2])),
+            coef=(float(c[0]), float(c[1]), float(c[2]), float(c[3])),
             cap=MAX_CONFIDENCE,
             fitted=True,
         )
@@ -1147,3 +1243,28 @@ def _zscore_rows(scores: F64Array, active: BoolArray) -> F64Array:
     out = (masked - mean) / std
     out[~active] = -np.inf
     return np.asarray(out, dtype=np.float64)
+
+
+def _fit_logistic(x: F64Array, y: F64Array, l2: float = 1.0, iters: int = 50) -> F64Array:
+    """L2-regularised logistic regression by Newton's method; returns [intercept, *coef].
+
+    Equivalent to scikit-learn's LogisticRegression(C=1/l2) on these few features, without
+    importing scikit-learn at run time (it costs ~70 MB of resident memory).
+    """
+    design = np.column_stack([np.ones(len(x)), x])
+    beta = np.zeros(design.shape[1])
+    penalty = np.full(design.shape[1], l2)
+    penalty[0] = 0.0
+    for _ in range(iters):
+        p = _sigmoid(design @ beta)
+        grad = design.T @ (p - y) + penalty * beta
+        hess = (
+            (design * (p * (1.0 - p))[:, None]).T @ design
+            + np.diag(penalty)
+            + 1e-9 * np.eye(len(beta))
+        )
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if float(np.abs(step).max()) < 1e-8:
+            break
+    return beta

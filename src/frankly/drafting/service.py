@@ -169,7 +169,7 @@ async def draft_for_message(session: AsyncSession, *, message_id: int) -> Draft 
 
 
 async def regenerate(session: AsyncSession, *, agent: Agent, draft: Draft) -> Draft | None:
-    """Replace a pending draft with the engine's next-best proposal (excluding the current entry)."""
+    """Replace a pending draft with the engine's next-best proposal (not the current entry)."""
     message = await conversation_service.get_message(session, message_id=draft.message_id)
     await conversation_service.supersede_draft(session, agent=agent, draft=draft)
     exclude: frozenset[str] = frozenset()

@@ -1,4 +1,4 @@
-"""Reading and writing FAQ files (YAML, CSV); a bad file is rejected whole, naming line and field."""
+"""Reading and writing FAQ files (YAML, CSV); a bad file is rejected whole, naming its line."""
 
 from __future__ import annotations
 
@@ -143,7 +143,30 @@ def _parse_yaml(text: str, name: str) -> list[FaqFileEntry]:
 
 
 def _split(value: str) -> list[str]:
-    return [part.strip() for part in value.split(CSV_LIST_SEPARATOR) if part.strip()]
+    """Split a CSV list cell on unescaped `|`; `\\|` is a literal bar and `\\\\` a backslash."""
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in value:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == CSV_LIST_SEPARATOR:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if escaped:
+        current.append("\\")
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _join(values: Sequence[str]) -> str:
+    escaped = (v.replace("\\", "\\\\").replace(CSV_LIST_SEPARATOR, "\\|") for v in values)
+    return CSV_LIST_SEPARATOR.join(escaped)
 
 
 def _parse_csv(text: str, name: str) -> list[FaqFileEntry]:
@@ -166,9 +189,11 @@ def _parse_csv(text: str, name: str) -> list[FaqFileEntry]:
     if unknown:
         raise FaqFileError(f"{name} line 1: unknown column '{unknown[0]}'")
     entries = []
+    next_start = reader.line_num + 1
     try:
         for row in reader:
-            line = reader.line_num
+            # A quoted cell may span lines: report the line where the record starts.
+            line, next_start = next_start, reader.line_num + 1
             if not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
@@ -190,7 +215,7 @@ def _parse_csv(text: str, name: str) -> list[FaqFileEntry]:
                     raw[flag] = _csv_bool(cells[flag], name=name, line=line, column=flag)
             entries.append(_validated(raw, name=name, line=line, lines={}))
     except csv.Error as exc:
-        raise FaqFileError(f"{name} line {reader.line_num}: not valid CSV: {exc}") from None
+        raise FaqFileError(f"{name} line {next_start}: not valid CSV: {exc}") from None
     return entries
 
 
@@ -254,8 +279,8 @@ def dump_csv(entries: Sequence[FaqFileEntry]) -> str:
                 entry.answers.get("en", ""),
                 entry.answers.get("ru", ""),
                 *(entry.answers.get(lang, "") for lang in languages),
-                CSV_LIST_SEPARATOR.join(entry.paraphrases),
-                CSV_LIST_SEPARATOR.join(entry.tags),
+                _join(entry.paraphrases),
+                _join(entry.tags),
                 "true" if entry.never_draft else "false",
                 "true" if entry.enabled else "false",
             ]

@@ -30,7 +30,7 @@ async def list_entries(
     q: Annotated[str | None, Query(max_length=200)] = None,
     enabled: bool | None = None,
 ) -> list[FaqEntry]:
-    entries = await service.list_entries(session, q=q, enabled_only=bool(enabled))
+    entries = await service.list_entries(session, q=q, enabled=enabled)
     return entries
 
 

@@ -7,7 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+# At least one letter: all-digit references are entry ids in the API.
+SLUG_RE = re.compile(r"^(?![0-9]+$)[a-z0-9][a-z0-9_-]{0,99}$")
 LANG_RE = re.compile(r"^[a-z]{2}(-[a-z]{2})?$")
 MAX_TEXT = 8000
 
@@ -51,7 +52,9 @@ class FaqEntryCreate(FaqEntryBase):
     @classmethod
     def _slug(cls, value: str) -> str:
         if not SLUG_RE.match(value):
-            raise ValueError("use lowercase letters, digits, '-' and '_' (max 100)")
+            raise ValueError(
+                "use lowercase letters, digits, '-' and '_' (max 100), with at least one letter"
+            )
         return value
 
     @field_validator("paraphrases", "tags")

@@ -25,11 +25,17 @@ def _like(text: str) -> str:
 
 
 async def list_entries(
-    session: AsyncSession, *, q: str | None = None, enabled_only: bool = False
+    session: AsyncSession,
+    *,
+    q: str | None = None,
+    enabled_only: bool = False,
+    enabled: bool | None = None,
 ) -> list[FaqEntry]:
     query: Select[FaqEntry] = select(FaqEntry).order_by(FaqEntry.slug)
     if enabled_only:
-        query = query.where(FaqEntry.enabled.is_(True))
+        enabled = True
+    if enabled is not None:
+        query = query.where(FaqEntry.enabled.is_(enabled))
     if q:
         pattern = _like(q.lower())
         query = query.where(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -96,10 +97,8 @@ class Worker:
             if ran:
                 continue
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
-            except TimeoutError:
-                pass
 
     async def run_once(self, worker_id: str | None = None) -> int:
         """Claim up to `batch` due jobs and run them one by one; returns how many ran."""
