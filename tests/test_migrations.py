@@ -139,3 +139,39 @@ class TestNoDrift:
         await upgrade_async(empty_url)
         differences = await _drift(empty_url)
         assert differences == [], "\n".join(map(str, differences))
+
+
+class TestDataSurvives:
+    async def test_upgrade_from_0001_keeps_conversations_and_messages(self, empty_url: str) -> None:
+        """0002 rebuilds `conversations` on SQLite: the old table's DROP must not cascade."""
+        from sqlalchemy import text
+
+        from frankly.db import make_engine
+        from frankly.migrations.runner import ensure_sqlite_dir
+
+        ensure_sqlite_dir(empty_url)
+        await _alembic(empty_url, "upgrade", "0001")
+        engine = make_engine(empty_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text(
+                    "INSERT INTO contacts (channel, external_id, created_at) "
+                    "VALUES ('api', 'x', CURRENT_TIMESTAMP)"))
+                await connection.execute(text(
+                    "INSERT INTO conversations (channel, external_id, contact_id, status, context,"
+                    " needs_reply, needs_human, suggestions, last_activity_at, created_at) VALUES"
+                    " ('api', 'x', (SELECT id FROM contacts), 'open', '{}', false, false, '[]',"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+                await connection.execute(text(
+                    "INSERT INTO messages (conversation_id, channel, direction, text, attachments,"
+                    " created_at) VALUES ((SELECT id FROM conversations), 'api', 'in', 'hi', '[]',"
+                    " CURRENT_TIMESTAMP)"))
+            await _alembic(empty_url, "upgrade", "head")
+            async with engine.connect() as connection:
+                count = (await connection.execute(text("SELECT count(*) FROM messages"))).scalar()
+                claimed = (await connection.execute(
+                    text("SELECT claimed_by_id FROM conversations"))).scalar()
+        finally:
+            await engine.dispose()
+        assert count == 1
+        assert claimed is None

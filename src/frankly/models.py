@@ -1,11 +1,12 @@
 """Imports every domain's tables so metadata (and Alembic) sees them all."""
 
 from frankly.audit.models import AuditEvent
-from frankly.auth.models import Agent, ApiToken, AuthSession
+from frankly.auth.models import Agent, ApiToken, AuthSession, LoginAttempt
 from frankly.conversations.models import Contact, Conversation, Draft, Message
 from frankly.db import Base
 from frankly.desk.models import DeskSetting
 from frankly.knowledge.models import FaqEntry, FaqVersion, LearnedExample
+from frankly.live.models import Event
 from frankly.worker.models import Job
 
 __all__ = [
@@ -17,10 +18,12 @@ __all__ = [
     "Contact",
     "Conversation",
     "DeskSetting",
+    "Event",
     "Draft",
     "FaqEntry",
     "FaqVersion",
     "Job",
     "LearnedExample",
+    "LoginAttempt",
     "Message",
 ]

@@ -81,6 +81,9 @@ class Conversation(Base):
     assigned_agent_id: Mapped[int | None] = mapped_column(
         ForeignKey("agents.id", ondelete="SET NULL")
     )
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    claimed_at: Mapped[datetime | None]
+    snoozed_until: Mapped[datetime | None]
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
     needs_reply: Mapped[bool] = mapped_column(default=False)
     needs_human: Mapped[bool] = mapped_column(default=False)

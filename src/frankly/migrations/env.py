@@ -15,6 +15,10 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # A batch table rebuild drops the old table; with foreign keys on, that DROP would
+        # cascade deletes into referencing tables. Off for the migration, on again after.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -30,6 +34,8 @@ async def _run_async(url: str) -> None:
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
+            # The PRAGMA above autobegins a transaction Alembic then joins: commit it here.
+            await connection.commit()
     finally:
         await engine.dispose()
 
