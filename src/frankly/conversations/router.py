@@ -14,6 +14,8 @@ from frankly.config import get_settings
 from frankly.conversations import service
 from frankly.conversations.models import Conversation, ConversationStatus, Draft
 from frankly.conversations.schemas import (
+    AssignRequest,
+    ClaimRequest,
     ContactRead,
     ConversationDetail,
     ConversationPage,
@@ -27,6 +29,7 @@ from frankly.conversations.schemas import (
     RegenerateResponse,
     SendDraft,
     SendResponse,
+    StatusRequest,
     UseFaq,
     WriteReply,
 )
@@ -326,3 +329,57 @@ async def use_faq_entry(
         session, agent=agent, conversation=conversation, entry=entry
     )
     return await draft_read(session, draft)
+
+
+@router.post("/conversations/{conversation_id}/claim", response_model=ConversationRead)
+async def claim_conversation(
+    conversation_id: int, body: ClaimRequest, session: SessionDep, agent: CurrentAgent
+) -> ConversationRead:
+    """Mark yourself as replying; another agent's claim needs `take_over: true`."""
+    conversation = await service.get_conversation(session, conversation_id=conversation_id)
+    await service.claim(session, agent=agent, conversation=conversation, take_over=body.take_over)
+    return await _read(session, conversation)
+
+
+@router.post("/conversations/{conversation_id}/release", response_model=ConversationRead)
+async def release_conversation(
+    conversation_id: int, session: SessionDep, agent: CurrentAgent
+) -> ConversationRead:
+    conversation = await service.get_conversation(session, conversation_id=conversation_id)
+    await service.release(session, agent=agent, conversation=conversation)
+    return await _read(session, conversation)
+
+
+@router.post("/conversations/{conversation_id}/assign", response_model=ConversationRead)
+async def assign_conversation(
+    conversation_id: int, body: AssignRequest, session: SessionDep, agent: CurrentAgent
+) -> ConversationRead:
+    conversation = await service.get_conversation(session, conversation_id=conversation_id)
+    assignee = None
+    if body.agent_id is not None:
+        assignee = await session.get(Agent, body.agent_id)
+        if assignee is None or not assignee.is_active:
+            raise Invalid(f"no active agent with id {body.agent_id}")
+    await service.assign(session, agent=agent, conversation=conversation, assignee=assignee)
+    return await _read(session, conversation)
+
+
+@router.post("/conversations/{conversation_id}/status", response_model=ConversationRead)
+async def set_conversation_status(
+    conversation_id: int, body: StatusRequest, session: SessionDep, agent: CurrentAgent
+) -> ConversationRead:
+    """Resolve, reopen or snooze (until a time) a conversation."""
+    conversation = await service.get_conversation(session, conversation_id=conversation_id)
+    await service.set_status(
+        session,
+        agent=agent,
+        conversation=conversation,
+        status=body.status,
+        snoozed_until=body.snoozed_until,
+    )
+    return await _read(session, conversation)
+
+
+async def _read(session: AsyncSession, conversation: Conversation) -> ConversationRead:
+    drafts = await service.pending_draft_ids(session, conversation_ids=[conversation.id])
+    return await conversation_read(session, conversation, has_draft=conversation.id in drafts)

@@ -104,6 +104,9 @@ class ConversationRead(BaseModel):
     status: ConversationStatus
     language: str | None
     assigned_agent_id: int | None
+    claimed_by_id: int | None
+    claimed_at: datetime | None
+    snoozed_until: datetime | None
     context: dict[str, Any]
     needs_reply: bool
     needs_human: bool
@@ -159,3 +162,16 @@ class SendResponse(BaseModel):
 class RegenerateResponse(BaseModel):
     draft: DraftRead | None
     suggestions: list[dict[str, Any]]
+
+
+class ClaimRequest(Strict):
+    take_over: bool = False
+
+
+class AssignRequest(Strict):
+    agent_id: int | None
+
+
+class StatusRequest(Strict):
+    status: ConversationStatus
+    snoozed_until: datetime | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, exists, func, or_, select, update
@@ -34,6 +34,7 @@ from frankly.drafting import disclosure
 from frankly.errors import Conflict, Forbidden, Invalid, NotFound
 from frankly.knowledge import service as knowledge_service
 from frankly.knowledge.models import ExampleLabel, FaqEntry
+from frankly.live import service as live_service
 
 
 def _insert(session: AsyncSession, model: type[Any]) -> Any:
@@ -183,9 +184,16 @@ async def ingest(
         conversation.language = contact_language
     conversation.last_activity_at = now
     conversation.needs_reply = True
-    if conversation.status == ConversationStatus.RESOLVED:
+    if conversation.status != ConversationStatus.OPEN:
         conversation.status = ConversationStatus.OPEN
+        conversation.snoozed_until = None
     await session.flush()
+    await live_service.publish_conversation(
+        session,
+        conversation_id=conversation.id,
+        kind="message.new",
+        data={"message_id": message.id, "direction": "in"},
+    )
     metrics.INBOUND.labels(channel).inc()
     return IngestResult(conversation, message, duplicate=False)
 
@@ -393,6 +401,12 @@ async def record_draft(
     session.add(draft)
     conversation.needs_human = False
     await session.flush()
+    await live_service.publish_conversation(
+        session,
+        conversation_id=conversation.id,
+        kind="draft.new",
+        data={"draft_id": draft.id, "message_id": message.id},
+    )
     return draft
 
 
@@ -403,6 +417,12 @@ async def record_abstention(
     conversation.needs_human = True
     conversation.suggestions = suggestions
     await session.flush()
+    await live_service.publish_conversation(
+        session,
+        conversation_id=conversation.id,
+        kind="draft.abstained",
+        data={"message_id": message.id},
+    )
 
 
 async def claim_drafting(
@@ -513,6 +533,7 @@ async def send_reply(
         if not same_target:
             raise Conflict("idempotency_key was already used for a different reply")
         return SendResult(previous, created=False)
+    await ensure_not_claimed_by_other(session, agent=agent, conversation=conversation)
     if draft is not None:
         if draft.conversation_id != conversation.id:
             raise Invalid(f"draft {draft.id} does not belong to conversation {conversation.id}")
@@ -572,6 +593,8 @@ async def send_reply(
     conversation.needs_reply = False
     conversation.needs_human = False
     conversation.last_activity_at = now
+    conversation.claimed_by_id = None
+    conversation.claimed_at = None
     await session.flush()
 
     if draft is not None and draft.faq_entry_id and provenance.origin != Origin.HUMAN_WRITTEN:
@@ -598,6 +621,12 @@ async def send_reply(
             "similarity": provenance.similarity,
             "disclosure": provenance.disclosure.id if provenance.disclosure else None,
         },
+    )
+    await live_service.publish_conversation(
+        session,
+        conversation_id=conversation.id,
+        kind="message.sent",
+        data={"message_id": message.id, "origin": provenance.origin.value, "sent_by": agent.id},
     )
     metrics.SENDS.labels(provenance.origin.value).inc()
     return SendResult(message, created=True)
@@ -639,6 +668,12 @@ async def discard_draft(session: AsyncSession, *, agent: Agent, draft: Draft) ->
         target_id=draft.id,
         detail={"conversation_id": draft.conversation_id, "faq_entry_id": draft.faq_entry_id},
     )
+    await live_service.publish_conversation(
+        session,
+        conversation_id=draft.conversation_id,
+        kind="draft.discarded",
+        data={"draft_id": draft.id},
+    )
     metrics.DRAFTS.labels("discarded").inc()
     return draft
 
@@ -659,3 +694,145 @@ async def supersede_draft(session: AsyncSession, *, agent: Agent, draft: Draft) 
 async def count_outbound(session: AsyncSession) -> int:
     query = select(func.count(Message.id)).where(Message.direction == Direction.OUT)
     return int(await session.scalar(query) or 0)
+
+
+# ---------------------------------------------------------------- claims, assignment, status
+
+CLAIM_MINUTES = 10
+
+
+def _claim_is_live(conversation: Conversation) -> bool:
+    return (
+        conversation.claimed_by_id is not None
+        and conversation.claimed_at is not None
+        and conversation.claimed_at > utcnow() - timedelta(minutes=CLAIM_MINUTES)
+    )
+
+
+class ClaimedByOther(Conflict):
+    error = "claimed"
+
+
+async def ensure_not_claimed_by_other(
+    session: AsyncSession, *, agent: Agent, conversation: Conversation
+) -> None:
+    """Another agent's live claim blocks replying until this agent takes over explicitly."""
+    if _claim_is_live(conversation) and conversation.claimed_by_id != agent.id:
+        other = await session.get(Agent, conversation.claimed_by_id)
+        name = other.name if other else "another agent"
+        raise ClaimedByOther(f"{name} is replying to this conversation; take over to reply")
+
+
+async def claim(
+    session: AsyncSession, *, agent: Agent, conversation: Conversation, take_over: bool = False
+) -> Conversation:
+    """Mark `agent` as replying. Someone else's live claim is a Conflict unless `take_over`."""
+    now = utcnow()
+    previous = conversation.claimed_by_id if _claim_is_live(conversation) else None
+    condition = or_(
+        Conversation.claimed_by_id.is_(None),
+        Conversation.claimed_by_id == agent.id,
+        Conversation.claimed_at <= now - timedelta(minutes=CLAIM_MINUTES),
+    )
+    statement = update(Conversation).where(Conversation.id == conversation.id)
+    if not take_over:
+        statement = statement.where(condition)
+    result = await session.execute(
+        statement.values(claimed_by_id=agent.id, claimed_at=now).execution_options(
+            synchronize_session=False
+        )
+    )
+    await session.refresh(conversation)
+    if getattr(result, "rowcount", 0) != 1:
+        await ensure_not_claimed_by_other(session, agent=agent, conversation=conversation)
+    if previous != agent.id:
+        await audit_service.record(
+            session,
+            agent=agent,
+            action="conversation.take_over" if previous else "conversation.claim",
+            target_type="conversation",
+            target_id=conversation.id,
+            detail={"previous": previous},
+        )
+        await live_service.publish_conversation(
+            session,
+            conversation_id=conversation.id,
+            kind="conversation.claimed",
+            data={"agent_id": agent.id, "agent_name": agent.name, "previous": previous},
+        )
+    return conversation
+
+
+async def release(session: AsyncSession, *, agent: Agent, conversation: Conversation) -> None:
+    if conversation.claimed_by_id != agent.id:
+        return
+    conversation.claimed_by_id = None
+    conversation.claimed_at = None
+    await session.flush()
+    await live_service.publish_conversation(
+        session,
+        conversation_id=conversation.id,
+        kind="conversation.released",
+        data={"agent_id": agent.id},
+    )
+
+
+async def assign(
+    session: AsyncSession, *, agent: Agent, conversation: Conversation, assignee: Agent | None
+) -> Conversation:
+    before = conversation.assigned_agent_id
+    conversation.assigned_agent_id = assignee.id if assignee else None
+    await session.flush()
+    await audit_service.record(
+        session,
+        agent=agent,
+        action="conversation.assign",
+        target_type="conversation",
+        target_id=conversation.id,
+        detail={"before": before, "after": conversation.assigned_agent_id},
+    )
+    await live_service.publish_conversation(
+        session,
+        conversation_id=conversation.id,
+        kind="conversation.assigned",
+        data={
+            "agent_id": conversation.assigned_agent_id,
+            "agent_name": assignee.name if assignee else None,
+        },
+    )
+    return conversation
+
+
+async def set_status(
+    session: AsyncSession,
+    *,
+    agent: Agent,
+    conversation: Conversation,
+    status: ConversationStatus,
+    snoozed_until: datetime | None = None,
+) -> Conversation:
+    snooze_in_past = snoozed_until is None or snoozed_until <= utcnow()
+    if status == ConversationStatus.SNOOZED and snooze_in_past:
+        raise Invalid("snoozing needs snoozed_until in the future")
+    before = conversation.status
+    conversation.status = status
+    conversation.snoozed_until = snoozed_until if status == ConversationStatus.SNOOZED else None
+    if status == ConversationStatus.RESOLVED:
+        conversation.claimed_by_id = None
+        conversation.claimed_at = None
+    await session.flush()
+    await audit_service.record(
+        session,
+        agent=agent,
+        action="conversation.status",
+        target_type="conversation",
+        target_id=conversation.id,
+        detail={"before": before.value, "after": status.value},
+    )
+    await live_service.publish_conversation(
+        session,
+        conversation_id=conversation.id,
+        kind="conversation.status",
+        data={"status": status.value},
+    )
+    return conversation

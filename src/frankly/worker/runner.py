@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly import metrics
-from frankly.db import Database
+from frankly.db import Database, commit
 from frankly.worker import service as worker_service
 
 log = logging.getLogger("frankly.worker")
@@ -116,7 +116,7 @@ class Worker:
                 async with self.database.sessionmaker() as session:
                     await handler(session, claimed.payload)
                     await worker_service.finish(session, job=claimed)
-                    await session.commit()
+                    await commit(session)
                 metrics.JOBS.labels(claimed.name, "done").inc()
             except Exception as exc:
                 log.warning("job %s (%s) failed: %s", claimed.id, claimed.name, exc)
