@@ -389,6 +389,18 @@ ROUTE_ROLES: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/conversations/{conversation_id}/drafts"): Case(
         on_conversation("/drafts", json={"faq_entry": "working-hours"}), (401, 403, 201, 201)
     ),
+    ("POST", "/api/v1/conversations/{conversation_id}/claim"): Case(
+        on_conversation("/claim", json={}), AGENTS
+    ),
+    ("POST", "/api/v1/conversations/{conversation_id}/release"): Case(
+        on_conversation("/release"), AGENTS
+    ),
+    ("POST", "/api/v1/conversations/{conversation_id}/assign"): Case(
+        on_conversation("/assign", json={"agent_id": None}), AGENTS
+    ),
+    ("POST", "/api/v1/conversations/{conversation_id}/status"): Case(
+        on_conversation("/status", json={"status": "resolved"}), AGENTS
+    ),
     ("POST", "/api/v1/drafts/{draft_id}/send"): Case(on_draft("/send", fresh_key=True), AGENTS),
     ("POST", "/api/v1/drafts/{draft_id}/preview"): Case(on_draft("/preview", json={}), AGENTS),
     ("POST", "/api/v1/drafts/{draft_id}/discard"): Case(on_draft("/discard"), AGENTS),
