@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -21,11 +23,20 @@ from frankly.conversations.router import router as conversations_router
 from frankly.db import Database
 from frankly.desk.router import router as desk_router
 from frankly.errors import FranklyError
+from frankly.inbox.pages import router as pages_router
+from frankly.inbox.router import router as inbox_router
 from frankly.knowledge.router import router as knowledge_router
 from frankly.worker.runner import Worker
 
 log = logging.getLogger("frankly")
 MAX_BODY_BYTES = 64 * 1024 * 1024
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Strict: only our own scripts and styles (htmx is served from the package), no inline code.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 
 
 def _error(status: int, error: str, detail: str) -> JSONResponse:
@@ -37,9 +48,36 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
+def _wants_page(request: Request) -> bool:
+    """A browser navigation to a page (not the API, not an htmx request) gets an HTML error."""
+    return (
+        not request.url.path.startswith(("/api/", "/healthz", "/metrics", "/static/"))
+        and request.headers.get("hx-request") != "true"
+        and "text/html" in request.headers.get("accept", "")
+    )
+
+
+def _page_error(request: Request, status: int, detail: str) -> Response:
+    from frankly.inbox.web import render
+
+    titles = {403: "Not allowed", 404: "Not found", 409: "Already done", 422: "Check the form"}
+    return render(request, "error.html", None, status_code=status, status=status,
+                  title=titles.get(status, "Something went wrong"), detail=detail)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    from frankly.inbox.web import LoginRequired, login_redirect_target
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        if request.headers.get("hx-request") == "true":
+            return _error(401, "unauthorized", "sign in again")
+        return RedirectResponse(login_redirect_target(exc.next_path), status_code=303)
+
     @app.exception_handler(FranklyError)
-    async def frankly_error(_request: Request, exc: FranklyError) -> JSONResponse:
+    async def frankly_error(request: Request, exc: FranklyError) -> Response:
+        if _wants_page(request):
+            return _page_error(request, exc.status_code, exc.message)
         return _error(exc.status_code, exc.error, exc.message)
 
     @app.exception_handler(RequestValidationError)
@@ -51,8 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, "invalid", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         names = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized"}
+        if _wants_page(request):
+            return _page_error(request, exc.status_code, str(exc.detail))
         return _error(exc.status_code, names.get(exc.status_code, "error"), str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -114,6 +154,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     install_error_handlers(app)
 
     @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    @app.middleware("http")
     async def limit_body(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -122,6 +173,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             return _error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
         return await call_next(request)
 
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.include_router(inbox_router)
+    app.include_router(pages_router)
     app.include_router(auth_router)
     app.include_router(conversations_router)
     app.include_router(knowledge_router)

@@ -30,7 +30,10 @@ async def login(
     body: LoginRequest, session: SessionDep, request: Request, response: Response
 ) -> LoginResponse:
     """Check the password and set the session cookie the inbox shares."""
-    agent = await service.authenticate(session, email=body.email, password=body.password)
+    agent = await service.sign_in(
+        request.app.state.db, session, email=body.email, password=body.password,
+        ip=request.client.host if request.client else "unknown",
+    )
     settings = get_settings()
     new = await service.start_session(session, agent=agent, days=settings.session_days)
     response.set_cookie(

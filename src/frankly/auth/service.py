@@ -13,11 +13,17 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frankly.auth.models import Agent, ApiToken, AuthSession, Role, TokenKind
+from frankly.auth.models import Agent, ApiToken, AuthSession, LoginAttempt, Role, TokenKind
+from frankly.db import Database
 from frankly.db import utcnow
-from frankly.errors import Conflict, Invalid, NotFound, Unauthorized
+from frankly.errors import Conflict, FranklyError, Invalid, NotFound, Unauthorized
 
 _hasher = PasswordHasher()
+
+
+class TooManyAttempts(FranklyError):
+    status_code = 429
+    error = "too_many_attempts"
 TOKEN_PREFIX = "frk_"  # noqa: S105 - a public prefix, not a secret
 MIN_PASSWORD_LENGTH = 8
 
@@ -221,3 +227,44 @@ async def revoke_token(session: AsyncSession, *, token_id: int) -> ApiToken:
     record.revoked_at = record.revoked_at or utcnow()
     CHANNEL_TOKENS.forget(record.id)
     return record
+
+
+THROTTLE_WINDOW = timedelta(minutes=15)
+MAX_FAILURES_PER_EMAIL = 5
+MAX_FAILURES_PER_IP = 30
+
+
+async def check_throttle(session: AsyncSession, *, email: str, ip: str) -> None:
+    """Refuse sign-in after repeated recent failures for this email or from this address."""
+    since = utcnow() - THROTTLE_WINDOW
+    failed = LoginAttempt.succeeded.is_(False) & (LoginAttempt.at >= since)
+    by_email = await session.scalar(
+        select(func.count(LoginAttempt.id)).where(failed, LoginAttempt.email == email.lower())
+    )
+    by_ip = await session.scalar(
+        select(func.count(LoginAttempt.id)).where(failed, LoginAttempt.ip == ip)
+    )
+    if (by_email or 0) >= MAX_FAILURES_PER_EMAIL or (by_ip or 0) >= MAX_FAILURES_PER_IP:
+        minutes = int(THROTTLE_WINDOW.total_seconds() // 60)
+        raise TooManyAttempts(f"too many failed sign-ins; try again in {minutes} minutes")
+
+
+async def record_attempt(session: AsyncSession, *, email: str, ip: str, succeeded: bool) -> None:
+    session.add(LoginAttempt(email=email.strip().lower()[:320], ip=ip[:64], succeeded=succeeded))
+    await session.flush()
+
+
+async def sign_in(
+    database: Database, session: AsyncSession, *, email: str, password: str, ip: str
+) -> Agent:
+    """Throttled password check; a failure is recorded in its own committed transaction."""
+    await check_throttle(session, email=email, ip=ip)
+    try:
+        agent = await authenticate(session, email=email, password=password)
+    except Unauthorized:
+        async with database.sessionmaker() as own:
+            await record_attempt(own, email=email, ip=ip, succeeded=False)
+            await own.commit()
+        raise
+    await record_attempt(session, email=email, ip=ip, succeeded=True)
+    return agent

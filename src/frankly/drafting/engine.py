@@ -79,7 +79,7 @@ class DraftingEngine(Protocol):
 
 @dataclass(slots=True)
 class KnowledgeIndex:
-    matcher: Matcher
+    matcher: Matcher | None  # None while the FAQ has no enabled entry
     entries: dict[str, IndexedEntry]
     stamp: knowledge_service.KnowledgeStamp
     last_example_id: int
@@ -120,7 +120,7 @@ async def _build(session: AsyncSession) -> KnowledgeIndex:
         for ex in examples
         if ex.entry_id in slug_by_id and ex.label == ExampleLabel.REJECTED
     ]
-    matcher = await asyncio.to_thread(Matcher, texts, positives, negatives)
+    matcher = await asyncio.to_thread(Matcher, texts, positives, negatives) if texts else None
     last = max((ex.id for ex in examples), default=0)
     return KnowledgeIndex(matcher, entries, stamp, last)
 
@@ -161,15 +161,16 @@ class IndexCache:
         self, session: AsyncSession, index: KnowledgeIndex, stamp: knowledge_service.KnowledgeStamp
     ) -> None:
         slug_by_id = {entry.id: entry.slug for entry in index.entries.values()}
+        matcher = index.matcher
         for example in await knowledge_service.examples_since(
             session, after_id=index.last_example_id
         ):
             slug = slug_by_id.get(example.entry_id)
-            if slug is not None:
+            if slug is not None and matcher is not None:
                 if example.label == ExampleLabel.CONFIRMED:
-                    index.matcher.add_example(slug, example.text)
+                    matcher.add_example(slug, example.text)
                 else:
-                    index.matcher.add_negative(slug, example.text)
+                    matcher.add_negative(slug, example.text)
             index.last_example_id = max(index.last_example_id, example.id)
         index.stamp = stamp
 
@@ -197,11 +198,12 @@ class OfflineEngine:
         started = time.perf_counter()
         index = await self.cache.get(session)
         loaded = time.perf_counter()
-        candidates = [
-            c
-            for c in index.matcher.match(request.text, context=request.previous, k=8)
-            if c.key in index.entries and c.key not in request.exclude
-        ]
+        found = (
+            index.matcher.match(request.text, context=request.previous, k=8)
+            if index.matcher is not None
+            else []
+        )
+        candidates = [c for c in found if c.key in index.entries and c.key not in request.exclude]
         matched = time.perf_counter()
         suggestions = [
             Suggestion(

