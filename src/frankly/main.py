@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -26,6 +26,8 @@ from frankly.errors import FranklyError
 from frankly.inbox.pages import router as pages_router
 from frankly.inbox.router import router as inbox_router
 from frankly.knowledge.router import router as knowledge_router
+from frankly.live.hub import Hub
+from frankly.live.router import router as live_router
 from frankly.worker.runner import Worker
 
 log = logging.getLogger("frankly")
@@ -61,8 +63,15 @@ def _page_error(request: Request, status: int, detail: str) -> Response:
     from frankly.inbox.web import render
 
     titles = {403: "Not allowed", 404: "Not found", 409: "Already done", 422: "Check the form"}
-    return render(request, "error.html", None, status_code=status, status=status,
-                  title=titles.get(status, "Something went wrong"), detail=detail)
+    return render(
+        request,
+        "error.html",
+        None,
+        status_code=status,
+        status=status,
+        title=titles.get(status, "Something went wrong"),
+        detail=detail,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -136,9 +145,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             )
             worker.start()
         app.state.worker = worker
+        hub = Hub(db)
+        await hub.start()
+        app.state.hub = hub
         try:
             yield
         finally:
+            await hub.stop()
             if worker is not None:
                 await worker.stop()
             if database is None:
@@ -176,6 +189,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.include_router(inbox_router)
     app.include_router(pages_router)
+    app.include_router(live_router)
     app.include_router(auth_router)
     app.include_router(conversations_router)
     app.include_router(knowledge_router)

@@ -31,7 +31,10 @@ async def login(
 ) -> LoginResponse:
     """Check the password and set the session cookie the inbox shares."""
     agent = await service.sign_in(
-        request.app.state.db, session, email=body.email, password=body.password,
+        request.app.state.db,
+        session,
+        email=body.email,
+        password=body.password,
         ip=request.client.host if request.client else "unknown",
     )
     settings = get_settings()

@@ -14,8 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly.auth.models import Agent, ApiToken, AuthSession, LoginAttempt, Role, TokenKind
-from frankly.db import Database
-from frankly.db import utcnow
+from frankly.db import Database, utcnow
 from frankly.errors import Conflict, FranklyError, Invalid, NotFound, Unauthorized
 
 _hasher = PasswordHasher()
@@ -24,6 +23,8 @@ _hasher = PasswordHasher()
 class TooManyAttempts(FranklyError):
     status_code = 429
     error = "too_many_attempts"
+
+
 TOKEN_PREFIX = "frk_"  # noqa: S105 - a public prefix, not a secret
 MIN_PASSWORD_LENGTH = 8
 

@@ -35,12 +35,14 @@ def _table(records: list[CvRecord]) -> list[ThresholdRow]:
     for t in THRESHOLDS:
         drafted = [r for r in records if r.confidence >= t]
         right = sum(1 for r in drafted if r.correct)
-        rows.append(ThresholdRow(
-            threshold=t,
-            precision=right / len(drafted) if drafted else None,
-            coverage=sum(1 for r in drafted if r.correct and not r.out_of_scope) / in_scope,
-            drafts=len(drafted),
-        ))
+        rows.append(
+            ThresholdRow(
+                threshold=t,
+                precision=right / len(drafted) if drafted else None,
+                coverage=sum(1 for r in drafted if r.correct and not r.out_of_scope) / in_scope,
+                drafts=len(drafted),
+            )
+        )
     return rows
 
 
@@ -56,8 +58,12 @@ async def threshold_table(session: AsyncSession) -> ThresholdTable:
     if not entries or len(examples) < 10:
         return ThresholdTable(len(examples), [], None)
     texts = [
-        EntryText(key=e.slug, question=e.question, paraphrases=tuple(e.paraphrases),
-                  answers=dict(e.answers))
+        EntryText(
+            key=e.slug,
+            question=e.question,
+            paraphrases=tuple(e.paraphrases),
+            answers=dict(e.answers),
+        )
         for e in entries
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request, Response
@@ -44,20 +45,37 @@ def word_diff(before: str, after: str) -> Markup:
 
 
 @router.get("/faq", response_class=HTMLResponse)
-async def faq_list(request: Request, session: SessionDep, user: User, q: str | None = None
-                   ) -> Response:
+async def faq_list(
+    request: Request, session: SessionDep, user: User, q: str | None = None
+) -> Response:
     entries = await knowledge_service.list_entries(session, q=q)
     return render(request, "faq_list.html", user, nav="faq", entries=entries, q=q or "")
 
 
 async def _outcomes(session: SessionDep, entry_id: int) -> dict[str, int]:
-    drafted = await session.scalar(
-        select(func.count(Draft.id)).where(Draft.faq_entry_id == entry_id)) or 0
-    discarded = await session.scalar(select(func.count(Draft.id)).where(
-        Draft.faq_entry_id == entry_id, Draft.status == DraftStatus.DISCARDED)) or 0
-    rows = dict((await session.execute(
-        select(Message.origin, func.count(Message.id))
-        .where(Message.faq_entry_id == entry_id).group_by(Message.origin))).tuples().all())
+    drafted = (
+        await session.scalar(select(func.count(Draft.id)).where(Draft.faq_entry_id == entry_id))
+        or 0
+    )
+    discarded = (
+        await session.scalar(
+            select(func.count(Draft.id)).where(
+                Draft.faq_entry_id == entry_id, Draft.status == DraftStatus.DISCARDED
+            )
+        )
+        or 0
+    )
+    rows = dict(
+        (
+            await session.execute(
+                select(Message.origin, func.count(Message.id))
+                .where(Message.faq_entry_id == entry_id)
+                .group_by(Message.origin)
+            )
+        )
+        .tuples()
+        .all()
+    )
     return {
         "drafted": int(drafted),
         "sent as is": int(rows.get(Origin.DRAFT_AS_IS, 0)),
@@ -69,8 +87,9 @@ async def _outcomes(session: SessionDep, entry_id: int) -> dict[str, int]:
 
 @router.get("/faq/new", response_class=HTMLResponse)
 async def faq_new(request: Request, user: Admin) -> Response:
-    return render(request, "faq_edit.html", user, nav="faq", entry=None, error=None,
-                  languages=_languages())
+    return render(
+        request, "faq_edit.html", user, nav="faq", entry=None, error=None, languages=_languages()
+    )
 
 
 def _languages() -> list[str]:
@@ -84,27 +103,35 @@ async def faq_detail(request: Request, slug: str, session: SessionDep, user: Use
     entry = await knowledge_service.get_entry_by_slug(session, slug=slug)
     versions = await knowledge_service.list_versions(session, entry=entry)
     history = []
-    for older, newer in zip(versions, versions[1:], strict=False):
+    for older, newer in itertools.pairwise(versions):
         changes = {}
         for lang in sorted(set(older.answers) | set(newer.answers)):
             if older.answers.get(lang) != newer.answers.get(lang):
-                changes[f"answer {lang}"] = word_diff(older.answers.get(lang, ""),
-                                                      newer.answers.get(lang, ""))
+                changes[f"answer {lang}"] = word_diff(
+                    older.answers.get(lang, ""), newer.answers.get(lang, "")
+                )
         if older.question != newer.question:
             changes["question"] = word_diff(older.question, newer.question)
         if older.paraphrases != newer.paraphrases:
-            changes["paraphrases"] = word_diff(" | ".join(older.paraphrases),
-                                               " | ".join(newer.paraphrases))
+            changes["paraphrases"] = word_diff(
+                " | ".join(older.paraphrases), " | ".join(newer.paraphrases)
+            )
         for flag in ("never_draft", "enabled"):
             if getattr(older, flag) != getattr(newer, flag):
                 changes[flag] = Markup(f"{getattr(older, flag)} → {getattr(newer, flag)}")  # noqa: S704
         history.append({"version": newer.version, "at": newer.created_at, "changes": changes})
     examples = await knowledge_service.list_examples(session, entry=entry)
     return render(
-        request, "faq_detail.html", user, nav="faq", entry=entry, history=list(reversed(history)),
+        request,
+        "faq_detail.html",
+        user,
+        nav="faq",
+        entry=entry,
+        history=list(reversed(history)),
         confirmed=[e for e in examples if e.label == ExampleLabel.CONFIRMED],
         rejected=[e for e in examples if e.label == ExampleLabel.REJECTED],
-        outcomes=await _outcomes(session, entry.id), first=versions[0] if versions else None,
+        outcomes=await _outcomes(session, entry.id),
+        first=versions[0] if versions else None,
     )
 
 
@@ -130,8 +157,17 @@ async def faq_create(request: Request, session: SessionDep, user: Admin) -> Resp
     try:
         data = FaqEntryCreate(slug=form.get("slug", ""), **_entry_fields(form))
     except ValueError as exc:
-        return render(request, "faq_edit.html", user, nav="faq", entry=None, form=form,
-                      error=str(exc), languages=_languages(), status_code=422)
+        return render(
+            request,
+            "faq_edit.html",
+            user,
+            nav="faq",
+            entry=None,
+            form=form,
+            error=str(exc),
+            languages=_languages(),
+            status_code=422,
+        )
     entry = await knowledge_service.create_entry(session, data=data, agent=user.agent)
     return RedirectResponse(f"/faq/{entry.slug}", status_code=303)
 
@@ -139,8 +175,15 @@ async def faq_create(request: Request, session: SessionDep, user: Admin) -> Resp
 @router.get("/faq/{slug}/edit", response_class=HTMLResponse)
 async def faq_edit(request: Request, slug: str, session: SessionDep, user: Admin) -> Response:
     entry = await knowledge_service.get_entry_by_slug(session, slug=slug)
-    return render(request, "faq_edit.html", user, nav="faq", entry=entry, error=None,
-                  languages=sorted(set(_languages()) | set(entry.answers)))
+    return render(
+        request,
+        "faq_edit.html",
+        user,
+        nav="faq",
+        entry=entry,
+        error=None,
+        languages=sorted(set(_languages()) | set(entry.answers)),
+    )
 
 
 @router.post("/faq/{slug}/edit", response_class=HTMLResponse)
@@ -150,82 +193,131 @@ async def faq_update(request: Request, slug: str, session: SessionDep, user: Adm
     try:
         data = FaqEntryUpdate(**_entry_fields(form))
     except ValueError as exc:
-        return render(request, "faq_edit.html", user, nav="faq", entry=entry, form=form,
-                      error=str(exc), languages=sorted(set(_languages()) | set(entry.answers)),
-                      status_code=422)
+        return render(
+            request,
+            "faq_edit.html",
+            user,
+            nav="faq",
+            entry=entry,
+            form=form,
+            error=str(exc),
+            languages=sorted(set(_languages()) | set(entry.answers)),
+            status_code=422,
+        )
     await knowledge_service.update_entry(session, entry=entry, data=data, agent=user.agent)
     return RedirectResponse(f"/faq/{entry.slug}", status_code=303)
 
 
 @router.post("/faq/{slug}/examples/{example_id}/remove")
-async def faq_remove_example(slug: str, example_id: int, session: SessionDep, user: Admin
-                             ) -> Response:
+async def faq_remove_example(
+    slug: str, example_id: int, session: SessionDep, user: Admin
+) -> Response:
     entry = await knowledge_service.get_entry_by_slug(session, slug=slug)
-    await knowledge_service.remove_example(session, entry=entry, example_id=example_id,
-                                           agent=user.agent)
+    await knowledge_service.remove_example(
+        session, entry=entry, example_id=example_id, agent=user.agent
+    )
     return RedirectResponse(f"/faq/{slug}#examples", status_code=303)
 
 
 @router.get("/settings", response_class=HTMLResponse)
-async def settings_page(request: Request, session: SessionDep, user: Admin,
-                        saved: bool = False) -> Response:
+async def settings_page(
+    request: Request, session: SessionDep, user: Admin, saved: bool = False
+) -> Response:
     from frankly.drafting.history import threshold_table
 
     return render(
-        request, "settings.html", user, nav="settings", saved=saved,
+        request,
+        "settings.html",
+        user,
+        nav="settings",
+        saved=saved,
         threshold=await desk_service.draft_threshold(session),
         default_language=await desk_service.default_language(session),
-        languages=_languages(), disclosures=disclosure_texts(),
+        languages=_languages(),
+        disclosures=disclosure_texts(),
         table=await threshold_table(session),
     )
 
 
 @router.post("/settings", response_class=HTMLResponse)
-async def settings_save(request: Request, session: SessionDep, user: Admin,
-                        draft_threshold: Annotated[float, Form(ge=0, le=1)],
-                        default_language: Annotated[str, Form()]) -> Response:
-    await desk_service.set_value(session, key=desk_service.THRESHOLD, value=draft_threshold,
-                                 agent=user.agent)
-    await desk_service.set_value(session, key=desk_service.DEFAULT_LANGUAGE,
-                                 value=default_language, agent=user.agent)
+async def settings_save(
+    request: Request,
+    session: SessionDep,
+    user: Admin,
+    draft_threshold: Annotated[float, Form(ge=0, le=1)],
+    default_language: Annotated[str, Form()],
+) -> Response:
+    await desk_service.set_value(
+        session, key=desk_service.THRESHOLD, value=draft_threshold, agent=user.agent
+    )
+    await desk_service.set_value(
+        session, key=desk_service.DEFAULT_LANGUAGE, value=default_language, agent=user.agent
+    )
     return RedirectResponse("/settings?saved=1", status_code=303)
 
 
 @router.get("/admin", response_class=HTMLResponse)
-async def admin_page(request: Request, session: SessionDep, user: Admin,
-                     new_token: str | None = None) -> Response:
+async def admin_page(
+    request: Request, session: SessionDep, user: Admin, new_token: str | None = None
+) -> Response:
     agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
     tokens = (await session.scalars(select(ApiToken).order_by(ApiToken.id.desc()))).all()
-    return render(request, "admin.html", user, nav="admin", agents=agents, tokens=tokens,
-                  new_token=None, error=None)
+    return render(
+        request,
+        "admin.html",
+        user,
+        nav="admin",
+        agents=agents,
+        tokens=tokens,
+        new_token=None,
+        error=None,
+    )
 
 
 @router.post("/admin/agents", response_class=HTMLResponse)
-async def admin_add_agent(request: Request, session: SessionDep, user: Admin,
-                          email: Annotated[str, Form()], password: Annotated[str, Form()],
-                          name: Annotated[str, Form()] = "",
-                          admin: Annotated[bool, Form()] = False) -> Response:
-    await auth_service.create_agent(session, email=email, password=password, name=name or None,
-                                    admin=admin)
+async def admin_add_agent(
+    request: Request,
+    session: SessionDep,
+    user: Admin,
+    email: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    name: Annotated[str, Form()] = "",
+    admin: Annotated[bool, Form()] = False,
+) -> Response:
+    await auth_service.create_agent(
+        session, email=email, password=password, name=name or None, admin=admin
+    )
     return RedirectResponse("/admin", status_code=303)
 
 
 @router.post("/admin/tokens", response_class=HTMLResponse)
-async def admin_create_token(request: Request, session: SessionDep, user: Admin,
-                             name: Annotated[str, Form()], channel: Annotated[str, Form()] = "",
-                             agent_email: Annotated[str, Form()] = "") -> Response:
+async def admin_create_token(
+    request: Request,
+    session: SessionDep,
+    user: Admin,
+    name: Annotated[str, Form()],
+    channel: Annotated[str, Form()] = "",
+    agent_email: Annotated[str, Form()] = "",
+) -> Response:
     owner = None
     if agent_email:
         owner = await auth_service.get_agent_by_email(session, email=agent_email)
         if owner is None:
             raise Invalid(f"no agent with email {agent_email}")
-    new = await auth_service.create_token(session, name=name, channel=channel or None,
-                                          agent=owner)
+    new = await auth_service.create_token(session, name=name, channel=channel or None, agent=owner)
     agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
     tokens = (await session.scalars(select(ApiToken).order_by(ApiToken.id.desc()))).all()
     # Shown once, in this response only; never stored in clear.
-    return render(request, "admin.html", user, nav="admin", agents=agents, tokens=tokens,
-                  new_token=new.token, error=None)
+    return render(
+        request,
+        "admin.html",
+        user,
+        nav="admin",
+        agents=agents,
+        tokens=tokens,
+        new_token=new.token,
+        error=None,
+    )
 
 
 @router.post("/admin/tokens/{token_id}/revoke")

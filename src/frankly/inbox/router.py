@@ -35,13 +35,17 @@ router = APIRouter(include_in_schema=False)
 LOGIN_CSRF_COOKIE = "frankly_login_csrf"
 
 VIEWS: dict[str, tuple[str, ConversationFilters]] = {
-    "needs_reply": ("Needs reply", ConversationFilters(status=ConversationStatus.OPEN,
-                                                       needs_reply=True)),
+    "needs_reply": (
+        "Needs reply",
+        ConversationFilters(status=ConversationStatus.OPEN, needs_reply=True),
+    ),
     "has_draft": ("Has draft", ConversationFilters(has_draft=True)),
     "needs_human": ("Needs a human", ConversationFilters(abstained=True, needs_reply=True)),
     "mine": ("Mine", ConversationFilters(assigned="me")),
-    "unassigned": ("Unassigned", ConversationFilters(assigned="none",
-                                                     status=ConversationStatus.OPEN)),
+    "unassigned": (
+        "Unassigned",
+        ConversationFilters(assigned="none", status=ConversationStatus.OPEN),
+    ),
     "resolved": ("Resolved", ConversationFilters(status=ConversationStatus.RESOLVED)),
     "all": ("All", ConversationFilters()),
 }
@@ -59,8 +63,14 @@ async def home() -> RedirectResponse:
 async def login_page(request: Request, next: str | None = None) -> Response:
     token = secrets.token_urlsafe(24)
     response = render(request, "login.html", None, next=safe_next(next), login_csrf=token)
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", max_age=3600)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=3600,
+    )
     return response
 
 
@@ -75,23 +85,47 @@ async def login_submit(
 ) -> Response:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not cookie or not secrets.compare_digest(cookie, login_csrf):
-        return render(request, "login.html", None, status_code=403, next=safe_next(next),
-                      login_csrf=cookie, error="The sign-in form expired; please try again.",
-                      email=email)
+        return render(
+            request,
+            "login.html",
+            None,
+            status_code=403,
+            next=safe_next(next),
+            login_csrf=cookie,
+            error="The sign-in form expired; please try again.",
+            email=email,
+        )
     try:
         agent = await auth_service.sign_in(
-            request.app.state.db, session, email=email, password=password,
+            request.app.state.db,
+            session,
+            email=email,
+            password=password,
             ip=request.client.host if request.client else "unknown",
         )
     except FranklyError as exc:
-        return render(request, "login.html", None, status_code=exc.status_code,
-                      next=safe_next(next), login_csrf=cookie, error=exc.message, email=email)
+        return render(
+            request,
+            "login.html",
+            None,
+            status_code=exc.status_code,
+            next=safe_next(next),
+            login_csrf=cookie,
+            error=exc.message,
+            email=email,
+        )
     settings = get_settings()
     new = await auth_service.start_session(session, agent=agent, days=settings.session_days)
     await audit_service.record(session, agent=agent, action="auth.login", detail={"via": "inbox"})
     response = RedirectResponse(safe_next(next), status_code=303)
-    response.set_cookie(SESSION_COOKIE, new.token, max_age=settings.session_days * 86400,
-                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    response.set_cookie(
+        SESSION_COOKIE,
+        new.token,
+        max_age=settings.session_days * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
     response.delete_cookie(LOGIN_CSRF_COOKIE)
     return response
 
@@ -110,31 +144,46 @@ async def logout(request: Request, session: SessionDep, user: User) -> Response:
 # ---------------------------------------------------------------- the list
 
 
-def _filters(view: str, channel: str | None, language: str | None, q: str | None
-             ) -> ConversationFilters:
+def _filters(
+    view: str, channel: str | None, language: str | None, q: str | None
+) -> ConversationFilters:
     base = VIEWS.get(view, VIEWS["needs_reply"])[1]
     return ConversationFilters(
-        status=base.status, needs_reply=base.needs_reply, has_draft=base.has_draft,
-        abstained=base.abstained, assigned=base.assigned,
-        channel=channel or None, language=language or None, q=(q or "").strip() or None,
+        status=base.status,
+        needs_reply=base.needs_reply,
+        has_draft=base.has_draft,
+        abstained=base.abstained,
+        assigned=base.assigned,
+        channel=channel or None,
+        language=language or None,
+        q=(q or "").strip() or None,
     )
 
 
-async def _counts(session: AsyncSession, agent: Agent, channel: str | None,
-                  language: str | None, q: str | None) -> dict[str, int]:
+async def _counts(
+    session: AsyncSession, agent: Agent, channel: str | None, language: str | None, q: str | None
+) -> dict[str, int]:
     counts = {}
     for name in VIEWS:
         query = conversation_service.filtered_query(
             _filters(name, channel, language, q), agent=agent
         )
-        counts[name] = int(await session.scalar(
-            select(func.count()).select_from(query.subquery())) or 0)
+        counts[name] = int(
+            await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        )
     return counts
 
 
-async def _list_context(session: AsyncSession, agent: Agent, *, view: str,
-                        channel: str | None, language: str | None, q: str | None,
-                        selected: int | None = None) -> dict[str, Any]:
+async def _list_context(
+    session: AsyncSession,
+    agent: Agent,
+    *,
+    view: str,
+    channel: str | None,
+    language: str | None,
+    q: str | None,
+    selected: int | None = None,
+) -> dict[str, Any]:
     view = view if view in VIEWS else "needs_reply"
     rows, _cursor = await conversation_service.list_conversations(
         session, agent=agent, filters=_filters(view, channel, language, q), limit=100
@@ -145,14 +194,26 @@ async def _list_context(session: AsyncSession, agent: Agent, *, view: str,
     for conversation in rows:
         contact = await conversation_service.get_contact(session, conversation=conversation)
         last = await conversation_service.latest_inbound(session, conversation=conversation)
-        items.append({"c": conversation, "contact": contact, "last": last,
-                      "has_draft": conversation.id in with_drafts})
+        items.append(
+            {
+                "c": conversation,
+                "contact": contact,
+                "last": last,
+                "has_draft": conversation.id in with_drafts,
+            }
+        )
     channels = sorted(set((await session.scalars(select(Conversation.channel).distinct())).all()))
     return {
-        "items": items, "view": view, "views": VIEWS, "channel": channel or "",
-        "language": language or "", "q": q or "", "selected": selected,
+        "items": items,
+        "view": view,
+        "views": VIEWS,
+        "channel": channel or "",
+        "language": language or "",
+        "q": q or "",
+        "selected": selected,
         "counts": await _counts(session, agent, channel, language, q),
-        "channels": channels, "languages": get_settings().languages,
+        "channels": channels,
+        "languages": get_settings().languages,
         "agents": await _agent_names(session),
     }
 
@@ -162,11 +223,18 @@ async def _agent_names(session: AsyncSession) -> dict[int, str]:
 
 
 @router.get("/inbox", response_class=HTMLResponse)
-async def inbox(request: Request, session: SessionDep, user: User, view: str = "needs_reply",
-                channel: str | None = None, language: str | None = None,
-                q: str | None = None) -> Response:
-    context = await _list_context(session, user.agent, view=view, channel=channel,
-                                  language=language, q=q)
+async def inbox(
+    request: Request,
+    session: SessionDep,
+    user: User,
+    view: str = "needs_reply",
+    channel: str | None = None,
+    language: str | None = None,
+    q: str | None = None,
+) -> Response:
+    context = await _list_context(
+        session, user.agent, view=view, channel=channel, language=language, q=q
+    )
     if is_htmx(request) and request.headers.get("hx-target") == "conversation-list":
         return render(request, "_list.html", user, **context)
     return render(request, "inbox.html", user, nav="inbox", conversation=None, **context)
@@ -175,28 +243,37 @@ async def inbox(request: Request, session: SessionDep, user: User, view: str = "
 # ---------------------------------------------------------------- a conversation
 
 
-async def _pane_context(session: AsyncSession, user: User, conversation: Conversation
-                        ) -> dict[str, Any]:
+async def _pane_context(
+    session: AsyncSession, user: User, conversation: Conversation
+) -> dict[str, Any]:
     contact = await conversation_service.get_contact(session, conversation=conversation)
     messages = await conversation_service.list_messages(session, conversation=conversation)
     drafts = await conversation_service.list_drafts(session, conversation=conversation)
     pending = next((d for d in reversed(drafts) if d.status == DraftStatus.PENDING), None)
     agents = await _agent_names(session)
     entry_slugs = await knowledge_service.slugs_by_id(
-        session, ids={d.faq_entry_id for d in drafts if d.faq_entry_id})
+        session, ids={d.faq_entry_id for d in drafts if d.faq_entry_id}
+    )
     preview = None
     if pending is not None:
         preview = await conversation_service.classify(
-            session, conversation=conversation, draft=pending, text=None)
+            session, conversation=conversation, draft=pending, text=None
+        )
     claim_live = conversation_service._claim_is_live(conversation)
     return {
-        "conversation": conversation, "contact": contact, "messages": messages,
-        "pending": pending, "preview": preview, "agents": agents, "entry_slugs": entry_slugs,
+        "conversation": conversation,
+        "contact": contact,
+        "messages": messages,
+        "pending": pending,
+        "preview": preview,
+        "agents": agents,
+        "entry_slugs": entry_slugs,
         "claimed_by": agents.get(conversation.claimed_by_id or 0) if claim_live else None,
         "claimed_by_me": claim_live and conversation.claimed_by_id == user.agent.id,
         "claimed_by_other": claim_live and conversation.claimed_by_id != user.agent.id,
         "faq_entries": await knowledge_service.list_entries(session, enabled_only=True),
-        "new_key": uuid.uuid4().hex, "statuses": list(ConversationStatus),
+        "new_key": uuid.uuid4().hex,
+        "statuses": list(ConversationStatus),
         "context_rows": _context_rows(conversation.context),
     }
 
@@ -213,27 +290,55 @@ def _context_rows(context: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @router.get("/inbox/c/{conversation_id}", response_class=HTMLResponse)
-async def conversation_page(request: Request, conversation_id: int, session: SessionDep,
-                            user: User, view: str = "needs_reply", channel: str | None = None,
-                            language: str | None = None, q: str | None = None) -> Response:
+async def conversation_page(
+    request: Request,
+    conversation_id: int,
+    session: SessionDep,
+    user: User,
+    view: str = "needs_reply",
+    channel: str | None = None,
+    language: str | None = None,
+    q: str | None = None,
+) -> Response:
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=conversation_id)
+        session, conversation_id=conversation_id
+    )
     pane = await _pane_context(session, user, conversation)
     if is_htmx(request) and request.headers.get("hx-target") == "conversation-pane":
         return render(request, "_conversation.html", user, **pane)
-    context = await _list_context(session, user.agent, view=view, channel=channel,
-                                  language=language, q=q, selected=conversation_id)
-    return render(request, "inbox.html", user, nav="inbox",
-                  live_topics=f"inbox conversation:{conversation_id}", **{**context, **pane})
+    context = await _list_context(
+        session,
+        user.agent,
+        view=view,
+        channel=channel,
+        language=language,
+        q=q,
+        selected=conversation_id,
+    )
+    return render(
+        request,
+        "inbox.html",
+        user,
+        nav="inbox",
+        live_topics=f"inbox conversation:{conversation_id}",
+        **{**context, **pane},
+    )
 
 
-async def _pane(request: Request, session: AsyncSession, user: User, conversation_id: int,
-                toast: str | None = None) -> Response:
+async def _pane(
+    request: Request,
+    session: AsyncSession,
+    user: User,
+    conversation_id: int,
+    toast: str | None = None,
+) -> Response:
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=conversation_id)
+        session, conversation_id=conversation_id
+    )
     await session.refresh(conversation)
-    response = render(request, "_conversation.html", user,
-                      **await _pane_context(session, user, conversation))
+    response = render(
+        request, "_conversation.html", user, **await _pane_context(session, user, conversation)
+    )
     if toast:
         response.headers["HX-Trigger"] = '{"frankly:toast": "' + toast.replace('"', "'") + '"}'
     if not is_htmx(request):
@@ -242,56 +347,95 @@ async def _pane(request: Request, session: AsyncSession, user: User, conversatio
 
 
 @router.post("/inbox/c/{conversation_id}/claim", response_class=HTMLResponse)
-async def claim(request: Request, conversation_id: int, session: SessionDep, user: User,
-                take_over: Annotated[bool, Form()] = False) -> Response:
+async def claim(
+    request: Request,
+    conversation_id: int,
+    session: SessionDep,
+    user: User,
+    take_over: Annotated[bool, Form()] = False,
+) -> Response:
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=conversation_id)
-    await conversation_service.claim(session, agent=user.agent, conversation=conversation,
-                                     take_over=take_over)
+        session, conversation_id=conversation_id
+    )
+    await conversation_service.claim(
+        session, agent=user.agent, conversation=conversation, take_over=take_over
+    )
     return await _pane(request, session, user, conversation_id)
 
 
 @router.post("/inbox/d/{draft_id}/preview", response_class=HTMLResponse)
-async def preview(request: Request, draft_id: int, session: SessionDep, user: User,
-                  text: Annotated[str, Form()] = "") -> Response:
+async def preview(
+    request: Request,
+    draft_id: int,
+    session: SessionDep,
+    user: User,
+    text: Annotated[str, Form()] = "",
+) -> Response:
     draft = await conversation_service.get_draft(session, draft_id=draft_id)
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=draft.conversation_id)
+        session, conversation_id=draft.conversation_id
+    )
     try:
         body = clean_text(text, limit_bytes=get_settings().max_message_bytes)
         provenance = await conversation_service.classify(
-            session, conversation=conversation, draft=draft, text=body,
-            threshold=get_settings().similarity_derived_threshold)
+            session,
+            conversation=conversation,
+            draft=draft,
+            text=body,
+            threshold=get_settings().similarity_derived_threshold,
+        )
     except FranklyError as exc:
         return render(request, "_provenance.html", user, preview=None, problem=exc.message)
     return render(request, "_provenance.html", user, preview=provenance, problem=None)
 
 
 @router.post("/inbox/d/{draft_id}/send", response_class=HTMLResponse)
-async def send(request: Request, draft_id: int, session: SessionDep, user: User,
-               text: Annotated[str, Form()], idempotency_key: Annotated[str, Form()]) -> Response:
+async def send(
+    request: Request,
+    draft_id: int,
+    session: SessionDep,
+    user: User,
+    text: Annotated[str, Form()],
+    idempotency_key: Annotated[str, Form()],
+) -> Response:
     draft = await conversation_service.get_draft(session, draft_id=draft_id)
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=draft.conversation_id)
+        session, conversation_id=draft.conversation_id
+    )
     body = clean_text(text, limit_bytes=get_settings().max_message_bytes)
     result = await conversation_service.send_reply(
-        session, agent=user.agent, conversation=conversation, text=body,
-        idempotency_key=idempotency_key, draft=draft,
-        derived_threshold=get_settings().similarity_derived_threshold)
+        session,
+        agent=user.agent,
+        conversation=conversation,
+        text=body,
+        idempotency_key=idempotency_key,
+        draft=draft,
+        derived_threshold=get_settings().similarity_derived_threshold,
+    )
     origin = result.message.origin.value.replace("_", " ") if result.message.origin else "sent"
     return await _pane(request, session, user, conversation.id, toast=f"Sent ({origin})")
 
 
 @router.post("/inbox/c/{conversation_id}/reply", response_class=HTMLResponse)
-async def reply(request: Request, conversation_id: int, session: SessionDep, user: User,
-                text: Annotated[str, Form()], idempotency_key: Annotated[str, Form()]
-                ) -> Response:
+async def reply(
+    request: Request,
+    conversation_id: int,
+    session: SessionDep,
+    user: User,
+    text: Annotated[str, Form()],
+    idempotency_key: Annotated[str, Form()],
+) -> Response:
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=conversation_id)
+        session, conversation_id=conversation_id
+    )
     body = clean_text(text, limit_bytes=get_settings().max_message_bytes)
     await conversation_service.send_reply(
-        session, agent=user.agent, conversation=conversation, text=body,
-        idempotency_key=idempotency_key)
+        session,
+        agent=user.agent,
+        conversation=conversation,
+        text=body,
+        idempotency_key=idempotency_key,
+    )
     return await _pane(request, session, user, conversation_id, toast="Sent (written by you)")
 
 
@@ -303,8 +447,7 @@ async def discard(request: Request, draft_id: int, session: SessionDep, user: Us
 
 
 @router.post("/inbox/d/{draft_id}/regenerate", response_class=HTMLResponse)
-async def regenerate(request: Request, draft_id: int, session: SessionDep, user: User
-                     ) -> Response:
+async def regenerate(request: Request, draft_id: int, session: SessionDep, user: User) -> Response:
     draft = await conversation_service.get_draft(session, draft_id=draft_id)
     new = await drafting_service.regenerate(session, agent=user.agent, draft=draft)
     toast = "New draft" if new else "No other FAQ entry fits: see the suggestions"
@@ -312,37 +455,57 @@ async def regenerate(request: Request, draft_id: int, session: SessionDep, user:
 
 
 @router.post("/inbox/c/{conversation_id}/use-faq", response_class=HTMLResponse)
-async def use_faq(request: Request, conversation_id: int, session: SessionDep, user: User,
-                  faq_entry: Annotated[str, Form()]) -> Response:
+async def use_faq(
+    request: Request,
+    conversation_id: int,
+    session: SessionDep,
+    user: User,
+    faq_entry: Annotated[str, Form()],
+) -> Response:
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=conversation_id)
+        session, conversation_id=conversation_id
+    )
     entry = await knowledge_service.find_entry(session, ref=faq_entry)
-    await drafting_service.draft_from_entry(session, agent=user.agent, conversation=conversation,
-                                            entry=entry)
+    await drafting_service.draft_from_entry(
+        session, agent=user.agent, conversation=conversation, entry=entry
+    )
     return await _pane(request, session, user, conversation_id, toast=f"Draft from {entry.slug}")
 
 
 @router.post("/inbox/c/{conversation_id}/assign", response_class=HTMLResponse)
-async def assign(request: Request, conversation_id: int, session: SessionDep, user: User,
-                 agent_id: Annotated[str, Form()] = "") -> Response:
+async def assign(
+    request: Request,
+    conversation_id: int,
+    session: SessionDep,
+    user: User,
+    agent_id: Annotated[str, Form()] = "",
+) -> Response:
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=conversation_id)
+        session, conversation_id=conversation_id
+    )
     assignee = None
     if agent_id:
         assignee = await session.get(Agent, int(agent_id)) if agent_id.isdigit() else None
         if assignee is None:
             raise Invalid("no such agent")
-    await conversation_service.assign(session, agent=user.agent, conversation=conversation,
-                                      assignee=assignee)
+    await conversation_service.assign(
+        session, agent=user.agent, conversation=conversation, assignee=assignee
+    )
     return await _pane(request, session, user, conversation_id)
 
 
 @router.post("/inbox/c/{conversation_id}/status", response_class=HTMLResponse)
-async def status(request: Request, conversation_id: int, session: SessionDep, user: User,
-                 status: Annotated[ConversationStatus, Form()],
-                 snoozed_until: Annotated[str, Form()] = "") -> Response:
+async def status(
+    request: Request,
+    conversation_id: int,
+    session: SessionDep,
+    user: User,
+    status: Annotated[ConversationStatus, Form()],
+    snoozed_until: Annotated[str, Form()] = "",
+) -> Response:
     conversation = await conversation_service.get_conversation(
-        session, conversation_id=conversation_id)
+        session, conversation_id=conversation_id
+    )
     until = None
     if snoozed_until:
         try:
@@ -350,10 +513,12 @@ async def status(request: Request, conversation_id: int, session: SessionDep, us
         except ValueError:
             raise Invalid("snooze time is not a date and time") from None
         until = until if until.tzinfo else until.replace(tzinfo=UTC)
-    await conversation_service.set_status(session, agent=user.agent, conversation=conversation,
-                                          status=status, snoozed_until=until)
-    return await _pane(request, session, user, conversation_id,
-                       toast=f"Conversation {status.value}")
+    await conversation_service.set_status(
+        session, agent=user.agent, conversation=conversation, status=status, snoozed_until=until
+    )
+    return await _pane(
+        request, session, user, conversation_id, toast=f"Conversation {status.value}"
+    )
 
 
 def disclosure_texts() -> list[tuple[str, str, str, int]]:
