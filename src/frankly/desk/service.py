@@ -58,6 +58,7 @@ async def set_value(session: AsyncSession, *, key: str, value: Any, agent: Agent
             raise Invalid(f"default_language must be one of {get_settings().languages}")
     else:
         raise Invalid(f"unknown desk setting {key!r}")
+    _cache.pop(key, None)
     row = await session.get(DeskSetting, key)
     before = None if row is None else row.value.get("value")
     if row is None:
@@ -66,6 +67,7 @@ async def set_value(session: AsyncSession, *, key: str, value: Any, agent: Agent
         row.value = {"value": value}
         row.updated_at = utcnow()
         row.updated_by_id = agent.id if agent else None
+    _cache.pop(key, None)
     await audit_service.record(
         session,
         agent=agent,

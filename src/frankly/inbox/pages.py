@@ -65,17 +65,12 @@ async def _outcomes(session: SessionDep, entry_id: int) -> dict[str, int]:
         )
         or 0
     )
-    rows = dict(
-        (
-            await session.execute(
-                select(Message.origin, func.count(Message.id))
-                .where(Message.faq_entry_id == entry_id)
-                .group_by(Message.origin)
-            )
-        )
-        .tuples()
-        .all()
+    result = await session.execute(
+        select(Message.origin, func.count(Message.id))
+        .where(Message.faq_entry_id == entry_id)
+        .group_by(Message.origin)
     )
+    rows = {origin: int(count) for origin, count in result.all()}
     return {
         "drafted": int(drafted),
         "sent as is": int(rows.get(Origin.DRAFT_AS_IS, 0)),

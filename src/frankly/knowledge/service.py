@@ -58,7 +58,7 @@ async def slugs_by_id(session: AsyncSession, *, ids: set[int]) -> dict[int, str]
     if not ids:
         return {}
     rows = await session.execute(select(FaqEntry.id, FaqEntry.slug).where(FaqEntry.id.in_(ids)))
-    return dict(rows.tuples().all())
+    return {int(i): str(s) for i, s in rows.all()}
 
 
 async def get_entry_by_slug(session: AsyncSession, *, slug: str) -> FaqEntry:

@@ -215,6 +215,9 @@ class Hub:
         async with self.database.engine.connect() as connection:
             self.position = int(await connection.scalar(select(func.max(Event.id))) or 0)
         self._stopping = False
+        self._held_at = None
+        self._late.clear()
+        self._wakeup.clear()
         self._reader = asyncio.create_task(self._read_loop(), name="frankly-live-reader")
         if self.database.dialect == "postgresql":
             self._listener = asyncio.create_task(self._listen_loop(), name="frankly-live-listen")

@@ -244,11 +244,20 @@ class LiveSocket:
                 await self.send({"type": "ping"})
 
     async def _still_signed_in(self) -> bool:
+        """Re-read the session: False once it ended; a lost admin role drops the admin topic."""
         try:
-            return await _signed_in_agent(self.database, self.token) is not None
+            agent = await _signed_in_agent(self.database, self.token)
         except Exception:
             log.warning("live socket: session check failed; trying again later", exc_info=True)
             return True
+        if agent is None:
+            return False
+        self.is_admin = agent.is_admin
+        subscription = self.subscription
+        if not self.is_admin and subscription is not None and ADMIN in subscription.topics:
+            subscription.set_topics(subscription.topics - {ADMIN})
+            await self._error("topic 'admin' is for admins only")
+        return True
 
 
 def _event_message(event: LiveEvent) -> dict[str, Any]:

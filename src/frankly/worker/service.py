@@ -108,5 +108,5 @@ async def counts(session: AsyncSession) -> dict[str, int]:
 
     rows = await session.execute(select(Job.status, func.count(Job.id)).group_by(Job.status))
     return {
-        str(status.value if hasattr(status, "value") else status): n for status, n in rows.tuples()
+        str(status.value if hasattr(status, "value") else status): n for status, n in rows.all()
     }
