@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import html
 import re
 
 import httpx
+from markupsafe import escape
 
 from frankly.drafting.disclosure import DisclosureKind, disclosure_for
 from tests.factories import PASSWORD, inbound_with_draft, key, make_desk, post_inbound
@@ -139,7 +139,7 @@ class TestConversationActions:
             headers={"X-CSRF-Token": csrf, "HX-Request": "true"},
         )
         assert sent.status_code == 200
-        intro = html.escape(disclosure_for(DisclosureKind.INTRO, "en").text)
+        intro = str(escape(disclosure_for(DisclosureKind.INTRO, "en").text))
         assert "draft edited" in sent.text and intro in sent.text
 
     async def test_actions_without_csrf_are_refused(self, client, db) -> None:
