@@ -154,23 +154,33 @@ class TestDataSurvives:
         engine = make_engine(empty_url)
         try:
             async with engine.begin() as connection:
-                await connection.execute(text(
-                    "INSERT INTO contacts (channel, external_id, created_at) "
-                    "VALUES ('api', 'x', CURRENT_TIMESTAMP)"))
-                await connection.execute(text(
-                    "INSERT INTO conversations (channel, external_id, contact_id, status, context,"
-                    " needs_reply, needs_human, suggestions, last_activity_at, created_at) VALUES"
-                    " ('api', 'x', (SELECT id FROM contacts), 'open', '{}', false, false, '[]',"
-                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-                await connection.execute(text(
-                    "INSERT INTO messages (conversation_id, channel, direction, text, attachments,"
-                    " created_at) VALUES ((SELECT id FROM conversations), 'api', 'in', 'hi', '[]',"
-                    " CURRENT_TIMESTAMP)"))
+                await connection.execute(
+                    text(
+                        "INSERT INTO contacts (channel, external_id, created_at) "
+                        "VALUES ('api', 'x', CURRENT_TIMESTAMP)"
+                    )
+                )
+                await connection.execute(
+                    text(
+                        "INSERT INTO conversations (channel, external_id, contact_id, status, context,"
+                        " needs_reply, needs_human, suggestions, last_activity_at, created_at) VALUES"
+                        " ('api', 'x', (SELECT id FROM contacts), 'open', '{}', false, false, '[]',"
+                        " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    )
+                )
+                await connection.execute(
+                    text(
+                        "INSERT INTO messages (conversation_id, channel, direction, text, attachments,"
+                        " created_at) VALUES ((SELECT id FROM conversations), 'api', 'in', 'hi', '[]',"
+                        " CURRENT_TIMESTAMP)"
+                    )
+                )
             await _alembic(empty_url, "upgrade", "head")
             async with engine.connect() as connection:
                 count = (await connection.execute(text("SELECT count(*) FROM messages"))).scalar()
-                claimed = (await connection.execute(
-                    text("SELECT claimed_by_id FROM conversations"))).scalar()
+                claimed = (
+                    await connection.execute(text("SELECT claimed_by_id FROM conversations"))
+                ).scalar()
         finally:
             await engine.dispose()
         assert count == 1

@@ -16,7 +16,8 @@ from tests.factories import PASSWORD, inbound_with_draft, key, make_desk, post_i
 async def _second_agent(db):  # type: ignore[no-untyped-def]
     async with db.sessionmaker() as session:
         boris = await auth_service.create_agent(
-            session, email=f"boris{key()[:6]}@example.com", password=PASSWORD, name="Boris")
+            session, email=f"boris{key()[:6]}@example.com", password=PASSWORD, name="Boris"
+        )
         token = await auth_service.create_token(session, name="boris", agent=boris)
         await session.commit()
     return boris, {"Authorization": f"Bearer {token.token}"}
@@ -35,17 +36,20 @@ class TestClaims:
         blocked = await client.post(f"{url}/claim", json={}, headers=as_boris)
         assert blocked.status_code == 409
         assert "Anna is replying" in blocked.json()["detail"]
-        send = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                 json={"idempotency_key": key()}, headers=as_boris)
+        send = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send", json={"idempotency_key": key()}, headers=as_boris
+        )
         assert send.status_code == 409 and send.json()["error"] == "claimed"
-        reply = await client.post(f"{url}/replies", json={"text": "hi", "idempotency_key": key()},
-                                  headers=as_boris)
+        reply = await client.post(
+            f"{url}/replies", json={"text": "hi", "idempotency_key": key()}, headers=as_boris
+        )
         assert reply.status_code == 409
 
         taken = await client.post(f"{url}/claim", json={"take_over": True}, headers=as_boris)
         assert taken.status_code == 200 and taken.json()["claimed_by_id"] == boris.id
-        sent = await client.post(f"/api/v1/drafts/{draft['id']}/send",
-                                 json={"idempotency_key": key()}, headers=as_boris)
+        sent = await client.post(
+            f"/api/v1/drafts/{draft['id']}/send", json={"idempotency_key": key()}, headers=as_boris
+        )
         assert sent.status_code == 200
         after = (await client.get(url, headers=as_boris)).json()
         assert after["claimed_by_id"] is None  # sending releases the claim
@@ -71,11 +75,16 @@ class TestClaims:
     async def test_claims_publish_live_events(self, client, db) -> None:
         desk = await make_desk(db)
         accepted = await post_inbound(client, desk, "hi")
-        await client.post(f"/api/v1/conversations/{accepted['conversation_id']}/claim", json={},
-                          headers=desk.as_agent())
+        await client.post(
+            f"/api/v1/conversations/{accepted['conversation_id']}/claim",
+            json={},
+            headers=desk.as_agent(),
+        )
         async with db.sessionmaker() as session:
-            kinds = [(e.topic, e.kind) for e in (await session.scalars(
-                select(Event).order_by(Event.id))).all()]
+            kinds = [
+                (e.topic, e.kind)
+                for e in (await session.scalars(select(Event).order_by(Event.id))).all()
+            ]
         topic = f"conversation:{accepted['conversation_id']}"
         assert ("inbox", "message.new") in kinds and (topic, "message.new") in kinds
         assert ("inbox", "conversation.claimed") in kinds
@@ -86,27 +95,37 @@ class TestAssignAndStatus:
         desk = await make_desk(db)
         accepted = await post_inbound(client, desk, "hi")
         url = f"/api/v1/conversations/{accepted['conversation_id']}"
-        assigned = await client.post(f"{url}/assign", json={"agent_id": desk.agent.id},
-                                     headers=desk.as_agent())
+        assigned = await client.post(
+            f"{url}/assign", json={"agent_id": desk.agent.id}, headers=desk.as_agent()
+        )
         assert assigned.json()["assigned_agent_id"] == desk.agent.id
-        mine = await client.get("/api/v1/conversations", params={"assigned": "me"},
-                                headers=desk.as_agent())
+        mine = await client.get(
+            "/api/v1/conversations", params={"assigned": "me"}, headers=desk.as_agent()
+        )
         assert [c["id"] for c in mine.json()["items"]] == [accepted["conversation_id"]]
-        unassigned = await client.post(f"{url}/assign", json={"agent_id": None},
-                                       headers=desk.as_agent())
+        unassigned = await client.post(
+            f"{url}/assign", json={"agent_id": None}, headers=desk.as_agent()
+        )
         assert unassigned.json()["assigned_agent_id"] is None
         bad = await client.post(f"{url}/assign", json={"agent_id": 999}, headers=desk.as_agent())
         assert bad.status_code == 422
 
-        resolved = await client.post(f"{url}/status", json={"status": "resolved"},
-                                     headers=desk.as_agent())
+        resolved = await client.post(
+            f"{url}/status", json={"status": "resolved"}, headers=desk.as_agent()
+        )
         assert resolved.json()["status"] == "resolved"
-        past = await client.post(f"{url}/status", json={"status": "snoozed",
-                                 "snoozed_until": "2020-01-01T00:00:00Z"}, headers=desk.as_agent())
+        past = await client.post(
+            f"{url}/status",
+            json={"status": "snoozed", "snoozed_until": "2020-01-01T00:00:00Z"},
+            headers=desk.as_agent(),
+        )
         assert past.status_code == 422
         until = (utcnow() + timedelta(hours=2)).isoformat()
-        snoozed = await client.post(f"{url}/status", json={"status": "snoozed",
-                                    "snoozed_until": until}, headers=desk.as_agent())
+        snoozed = await client.post(
+            f"{url}/status",
+            json={"status": "snoozed", "snoozed_until": until},
+            headers=desk.as_agent(),
+        )
         assert snoozed.json()["status"] == "snoozed"
         # A new customer message reopens it.
         await post_inbound(client, desk, "are you there?")

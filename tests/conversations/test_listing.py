@@ -14,16 +14,24 @@ async def _ids(client, desk, **params) -> list[int]:  # type: ignore[no-untyped-
 class TestFilters:
     async def test_filters_select_the_right_conversations(self, client, db) -> None:
         desk = await make_desk(db)
-        drafted = await post_inbound(client, desk, "which bank do you accept?", conversation_id="a",
-                                     contact={"language": "en"})
-        abstained = await post_inbound(client, desk, "what's the weather on Mars tomorrow?",
-                                       conversation_id="b")
+        drafted = await post_inbound(
+            client,
+            desk,
+            "which bank do you accept?",
+            conversation_id="a",
+            contact={"language": "en"},
+        )
+        abstained = await post_inbound(
+            client, desk, "what's the weather on Mars tomorrow?", conversation_id="b"
+        )
         never = await post_inbound(client, desk, "я оплатил, отпустите", conversation_id="c")
         answered = await post_inbound(client, desk, "hello", conversation_id="d")
         await run_jobs(db)
         reply = await client.post(
             f"/api/v1/conversations/{answered['conversation_id']}/replies",
-            json={"text": "Hi!", "idempotency_key": key()}, headers=desk.as_agent())
+            json={"text": "Hi!", "idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
         assert reply.status_code == 200
 
         a, b, c, d = (x["conversation_id"] for x in (drafted, abstained, never, answered))
@@ -46,18 +54,28 @@ class TestFilters:
         desk = await make_desk(db)
         never = await post_inbound(client, desk, "i paid release pls")
         await run_jobs(db)
-        detail = (await client.get(f"/api/v1/conversations/{never['conversation_id']}",
-                                   headers=desk.as_agent())).json()
+        detail = (
+            await client.get(
+                f"/api/v1/conversations/{never['conversation_id']}", headers=desk.as_agent()
+            )
+        ).json()
         assert detail["needs_human"] is True and detail["drafts"] == []
         assert 1 <= len(detail["suggestions"]) <= 3
         assert detail["suggestions"][0]["slug"] == "paid-release"
 
     async def test_bad_filter_values_are_422(self, client, db) -> None:
         desk = await make_desk(db)
-        for params in ({"status": "lost"}, {"has_draft": "maybe"}, {"limit": 0},
-                       {"limit": 1000}, {"assigned": "someone"}, {"cursor": "%%%"}):
-            response = await client.get("/api/v1/conversations", params=params,
-                                        headers=desk.as_agent())
+        for params in (
+            {"status": "lost"},
+            {"has_draft": "maybe"},
+            {"limit": 0},
+            {"limit": 1000},
+            {"assigned": "someone"},
+            {"cursor": "%%%"},
+        ):
+            response = await client.get(
+                "/api/v1/conversations", params=params, headers=desk.as_agent()
+            )
             assert response.status_code == 422, (params, response.text)
 
 
@@ -71,8 +89,9 @@ class TestPagination:
         pages = 0
         while True:
             params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
-            body = (await client.get("/api/v1/conversations", params=params,
-                                     headers=desk.as_agent())).json()
+            body = (
+                await client.get("/api/v1/conversations", params=params, headers=desk.as_agent())
+            ).json()
             seen += [c["id"] for c in body["items"]]
             pages += 1
             cursor = body["next_cursor"]
