@@ -135,6 +135,9 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             await check_schema(settings.database_url)
         db = database or Database(settings.database_url)
         app.state.db = db
+        hub = Hub(db)
+        await hub.start()
+        app.state.hub = hub
         worker = None
         if settings.run_workers:
             worker = Worker(
@@ -145,9 +148,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             )
             worker.start()
         app.state.worker = worker
-        hub = Hub(db)
-        await hub.start()
-        app.state.hub = hub
         try:
             yield
         finally:

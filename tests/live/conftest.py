@@ -14,11 +14,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from frankly.db import Database, commit
 from frankly.live import service as live_service
 from frankly.live.hub import Hub
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, Desk, make_desk
 from tests.live.launcher import ensure_live
 
 TIMEOUT = 5.0
@@ -93,6 +94,12 @@ async def server(app: FastAPI) -> AsyncIterator[Server]:
     await running.stop()
 
 
+@pytest.fixture
+async def desk(db: Database) -> Desk:
+    """An admin and the agent Anna, no FAQ (signing in is all these tests need)."""
+    return await make_desk(db, faq=[])
+
+
 async def login(base: str, email: str) -> str:
     """Sign in over HTTP; the session cookie's value."""
     async with httpx.AsyncClient(base_url=base) as http:
@@ -146,3 +153,11 @@ def live_connect(target: Server | str, cookie: str | None, *, origin: str | None
         origin=base if origin == "same" else origin,  # type: ignore[arg-type]
         open_timeout=TIMEOUT,
     )
+
+
+async def closed_code(client: LiveClient) -> int:
+    """The close code the server ended the socket with."""
+    with pytest.raises(ConnectionClosed) as closed:
+        await client.next("never", within=5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code

@@ -187,6 +187,27 @@ class TestPostgresIdGaps:
         finally:
             await running.stop()
 
+    async def test_a_late_event_is_not_doubled_for_a_replaying_subscriber(
+        self, db: Database
+    ) -> None:
+        running = Hub(db, poll_seconds=0.2, gap_grace_seconds=0.2)
+        await running.start()
+        try:
+            watcher = running.subscribe({"inbox"}, last_event_id=None)
+            async with db.sessionmaker() as slow, db.sessionmaker() as quick:
+                low = await live_service.publish(slow, topic="inbox", kind="t", data={})
+                high = await live_service.publish(quick, topic="inbox", kind="t", data={})
+                await commit(quick)
+                assert (await next_event(watcher))["id"] == high.id
+                replaying = running.subscribe({"inbox"}, last_event_id=low.id - 1)
+                await commit(slow)
+            assert (await next_event(watcher))["id"] == low.id  # queued live for both
+            got = [(await next_event(replaying))["id"] for _ in range(2)]
+            assert got == [low.id, high.id]
+            await no_event(replaying, 0.3)
+        finally:
+            await running.stop()
+
     async def test_a_rolled_back_id_is_skipped_after_the_grace(self, db: Database) -> None:
         running = Hub(db, poll_seconds=0.2, gap_grace_seconds=0.3)
         await running.start()

@@ -90,6 +90,7 @@ _FOLLOW_UP = re.compile(
 DEFAULT_CALIBRATION = {"dense": (-4.5, 0.35, 1.4, 2.0), "lexical": (-5.0, 0.3, 1.0, 1.0)}
 DEFAULT_CAP = 0.75
 MAX_CONFIDENCE = 0.999
+MERGE_PENDING = 512  # online rows kept apart before one re-transpose (lexical-only mode)
 _CHUNK = 128  # queries per block when scoring many at once (bounds the similarity matrix)
 
 
@@ -509,7 +510,10 @@ class _LexicalView:
         del rows
         self._rows_pending: list[Any] = []
         self._rows_t: Any = None
+        self._pending_t: Any = None
         self._refresh_stats()
+        self._group_n = -1
+        self._group: tuple[IntArray, IntArray, IntArray] = _grouping(labels)
         self.neg_rows: list[Any] = []
         self.neg_labels: list[int] = []
 
@@ -554,29 +558,39 @@ class _LexicalView:
         else:
             row = self.sums[label].astype(np.float64)
             self.totals[label] = row.sum()
-            self.cnorm[label] = math.sqrt(float(row @ row))
+            self.cnorm[label] = math.sqrt(float(np.square(row).sum()))  # no BLAS call
 
     def rows(self) -> Any:
-        """All weighted member rows (only kept in lexical-only mode)."""
+        """All weighted member rows (only kept in lexical-only mode); merges online additions."""
         if self._rows_pending:
             self._rows = sp.vstack([self._rows, *self._rows_pending], format="csr")
             self._rows_pending = []
             self._rows_t = None
+            self._pending_t = None
         return self._rows
 
-    def rows_t(self) -> Any:
-        """Transpose of all weighted member rows, cached until the next append."""
-        rows = self.rows()
+    def rows_t_parts(self) -> list[Any]:
+        """Transposed member rows as [built part, online part]: an add never re-transposes all.
+
+        The online part is merged into the built one only once it holds MERGE_PENDING rows.
+        """
+        if len(self._rows_pending) >= MERGE_PENDING:
+            self.rows()
         if self._rows_t is None:
-            self._rows_t = sp.csr_matrix(rows.T)
-        return self._rows_t
+            self._rows_t = sp.csr_matrix(self._rows.T)
+        parts = [self._rows_t]
+        if self._rows_pending:
+            if self._pending_t is None:
+                self._pending_t = sp.csr_matrix(sp.vstack(self._rows_pending, format="csr").T)
+            parts.append(self._pending_t)
+        return parts
 
     def add(self, counts: Any, row: Any, label: int, weight: float) -> None:
         """Append a member (raw counts + weighted row) and update its entry's sums."""
         self._counts_pending.append(counts)
         if self.keep_rows:
             self._rows_pending.append(row)
-            self._rows_t = None
+            self._pending_t = None
         self.sums[label, row.indices] += (weight * row.data).astype(np.float32)
         self._refresh_stats(label)
 
@@ -622,12 +636,17 @@ class _LexicalView:
         cnorm[cnorm == 0.0] = 1.0
         out = {"nb": nb, "cos": cos / cnorm[None, :]}
         if need_knn:
-            rows_t = self.rows_t()
-            n = rows_t.shape[1]
-            grouping = _grouping(labels[:n])
+            parts = self.rows_t_parts()
+            n = sum(part.shape[1] for part in parts)
+            if self._group_n != n:
+                self._group, self._group_n = _grouping(labels[:n]), n
+            grouping = self._group
             knn = np.empty((q.shape[0], s.shape[0]))
             for lo in range(0, q.shape[0], _CHUNK):
-                sims = np.asarray((q[lo : lo + _CHUNK] @ rows_t).toarray(), dtype=np.float64)
+                chunk = q[lo : lo + _CHUNK]
+                sims = np.hstack(
+                    [np.asarray((chunk @ part).toarray(), dtype=np.float64) for part in parts]
+                )
                 sims[:, ~alive[:n]] = -1.0
                 knn[lo : lo + _CHUNK] = _class_max(sims, labels[:n], s.shape[0], grouping)
             out["lknn"] = knn
@@ -943,13 +962,14 @@ class Matcher:
 
     def add_example(self, key: str, text: str) -> None:
         """Learn that ``text`` is about entry ``key``; takes effect on the next match."""
-        self._add_member(key, text, "example")
+        with _ONE_BLAS_THREAD:
+            self._add_member(key, text, "example")
 
     def remove_example(self, key: str, text: str) -> None:
         """Forget a learned example (no-op when it is not known)."""
         label = self._label(key)
         text = text.strip()
-        with self._lock:
+        with self._lock, _ONE_BLAS_THREAD:
             lab, wts, alive = self._members.view()
             for i in range(self._members.n - 1, -1, -1):
                 if (

@@ -1,9 +1,10 @@
 """The live-updates WebSocket: relays hub events on the topics a signed-in agent may see.
 
 Protocol (JSON text frames). Client: {"type": "subscribe", "topics": [...], "last_event_id": N}
-(again to change topics) and optionally {"type": "ping"}. Server: {"type": "subscribed"},
-{"type": "event", "id", "topic", "kind", "data", "created_at"}, {"type": "resync", "id"},
-{"type": "ping"}, {"type": "pong"} and {"type": "error", "message"}.
+(again to change topics) and optionally {"type": "ping"}. Server: {"type": "subscribed",
+"topics", "position"} (position: the id the stream starts after), {"type": "event", "id",
+"topic", "kind", "data", "created_at"}, {"type": "resync", "id"}, {"type": "ping"},
+{"type": "pong"} and {"type": "error", "message"}.
 """
 
 from __future__ import annotations
@@ -200,7 +201,9 @@ class LiveSocket:
             self._changed.set()
         else:
             current.set_topics(topics, last_event_id=last)
-        await self.send({"type": "subscribed", "topics": sorted(topics)})
+        # Where the stream starts: a tab with no last id yet resumes from here after a drop.
+        position = self.hub.position
+        await self.send({"type": "subscribed", "topics": sorted(topics), "position": position})
 
     # Events -----------------------------------------------------------------------------------
 

@@ -77,6 +77,9 @@
   }
   document.addEventListener("frankly:event", function (event) {
     var e = event.detail || {};
+    var me = document.body.dataset.agentId;
+    // My own claim (focusing the draft) must not reload the pane under my cursor.
+    if (e.kind === "conversation.claimed" && e.data && String(e.data.agent_id) === me) return;
     if (e.topic === "inbox") refresh("conversation-list", 300);
     var pane = document.getElementById("conversation-pane");
     var open = pane && pane.dataset.conversationId;

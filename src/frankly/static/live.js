@@ -122,6 +122,10 @@
       var position = validId(message.id);
       if (position !== null) setLastEventId(position);
       emit("frankly:resync", message);
+    } else if (message.type === "subscribed") {
+      // A tab that has seen no event yet resumes from where its first stream began.
+      var start = validId(message.position);
+      if (start !== null && lastEventId() === null) setLastEventId(start);
     } else if (message.type === "error" && window.console) {
       window.console.warn("Frankly live:", message.message);
     }
