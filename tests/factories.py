@@ -12,6 +12,7 @@ import httpx
 from frankly.auth import service as auth_service
 from frankly.auth.models import Agent
 from frankly.db import Database, commit
+from frankly.desk import service as desk_service
 from frankly.knowledge import service as knowledge_service
 from frankly.knowledge.schemas import FaqEntryCreate
 from frankly.worker.runner import Worker
@@ -128,6 +129,9 @@ async def make_desk(db: Database, *, faq: list[dict[str, Any]] | None = None) ->
         admin_token = await auth_service.create_token(session, name="admin", agent=admin)
         for item in FAQ if faq is None else faq:
             await knowledge_service.create_entry(session, data=FaqEntryCreate(**item), agent=admin)
+        # Too little data to fit a calibrator: confidences use the matcher's conservative scale
+        # (capped at 0.75), so a desk with an FAQ this small would run at a threshold of 0.7.
+        await desk_service.set_value(session, key=desk_service.THRESHOLD, value=0.7, agent=admin)
         await commit(session)
     return Desk(db, admin, agent, channel.token, agent_token.token, admin_token.token)
 

@@ -162,17 +162,17 @@ class TestDataSurvives:
                 )
                 await connection.execute(
                     text(
-                        "INSERT INTO conversations (channel, external_id, contact_id, status, context,"
-                        " needs_reply, needs_human, suggestions, last_activity_at, created_at) VALUES"
-                        " ('api', 'x', (SELECT id FROM contacts), 'open', '{}', false, false, '[]',"
-                        " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                        "INSERT INTO conversations (channel, external_id, contact_id, status,"
+                        " context, needs_reply, needs_human, suggestions, last_activity_at,"
+                        " created_at) VALUES ('api', 'x', (SELECT id FROM contacts), 'open', '{}',"
+                        " false, false, '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
                     )
                 )
                 await connection.execute(
                     text(
-                        "INSERT INTO messages (conversation_id, channel, direction, text, attachments,"
-                        " created_at) VALUES ((SELECT id FROM conversations), 'api', 'in', 'hi', '[]',"
-                        " CURRENT_TIMESTAMP)"
+                        "INSERT INTO messages (conversation_id, channel, direction, text,"
+                        " attachments, created_at) VALUES ((SELECT id FROM conversations), 'api',"
+                        " 'in', 'hi', '[]', CURRENT_TIMESTAMP)"
                     )
                 )
             await _alembic(empty_url, "upgrade", "head")

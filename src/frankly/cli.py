@@ -339,15 +339,9 @@ def eval_command(
             )
             for e in read_faq_file(faq)
         ]
-        labelled_examples = load_labelled_csv(examples)
-        labelled_queries = load_labelled_csv(queries)
         known = {entry.key for entry in entries}
-        for path, rows in ((examples, labelled_examples), (queries, labelled_queries)):
-            for n, (_text, key) in enumerate(rows, start=2):
-                if key is not None and key not in known:
-                    raise EvalFileError(
-                        f"{path.name} line {n}: faq_id {key!r} is not in {faq.name}"
-                    )
+        labelled_examples = load_labelled_csv(examples, known=known, require_key=True)
+        labelled_queries = load_labelled_csv(queries, known=known)
         example_pairs = [(text, key) for text, key in labelled_examples if key is not None]
         report = evaluate(
             entries,

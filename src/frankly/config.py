@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     prompts_dir: Path = Field(default_factory=_default_prompts_dir)
     default_language: str = "en"
     languages: list[str] = Field(default_factory=lambda: ["en", "ru"])
-    draft_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    draft_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
     max_message_bytes: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
     similarity_derived_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     run_workers: bool = True

@@ -416,6 +416,13 @@ async def record_abstention(
     conversation = await get_conversation(session, conversation_id=message.conversation_id)
     conversation.needs_human = True
     conversation.suggestions = suggestions
+    # A draft for an earlier message no longer answers the conversation as it now stands.
+    await session.execute(
+        update(Draft)
+        .where(Draft.conversation_id == conversation.id, Draft.status == DraftStatus.PENDING)
+        .values(status=DraftStatus.SUPERSEDED, decided_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     await session.flush()
     await live_service.publish_conversation(
         session,

@@ -85,7 +85,7 @@ class KnowledgeIndex:
     last_example_id: int
 
 
-async def _build(session: AsyncSession) -> KnowledgeIndex:
+async def _build(session: AsyncSession, previous: Matcher | None = None) -> KnowledgeIndex:
     stamp = await knowledge_service.knowledge_stamp(session)
     rows = await knowledge_service.list_entries(session, enabled_only=True)
     entries = {
@@ -120,7 +120,12 @@ async def _build(session: AsyncSession) -> KnowledgeIndex:
         for ex in examples
         if ex.entry_id in slug_by_id and ex.label == ExampleLabel.REJECTED
     ]
-    matcher = await asyncio.to_thread(Matcher, texts, positives, negatives) if texts else None
+    matcher: Matcher | None = None
+    if texts and previous is not None:
+        # Reuses the old index's encodings: only texts it never saw are encoded again.
+        matcher = await asyncio.to_thread(previous.rebuild, texts, positives, negatives)
+    elif texts:
+        matcher = await asyncio.to_thread(Matcher, texts, positives, negatives)
     last = max((ex.id for ex in examples), default=0)
     return KnowledgeIndex(matcher, entries, stamp, last)
 
@@ -154,7 +159,7 @@ class IndexCache:
             ):
                 await self._add_new_examples(session, index, stamp)
                 return index
-            self._index = await _build(session)
+            self._index = await _build(session, index.matcher if index is not None else None)
             return self._index
 
     async def _add_new_examples(

@@ -19,6 +19,7 @@ from frankly.auth.deps import SESSION_COOKIE
 from frankly.auth.models import Agent, AuthSession
 from frankly.db import SessionDep
 from frankly.errors import FranklyError
+from frankly.live import service as live_service
 
 PACKAGE = Path(__file__).resolve().parents[1]
 _env = Environment(
@@ -66,7 +67,11 @@ async def page_user(request: Request, session: SessionDep) -> PageUser:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target)
     auth_session, agent = found
-    if request.method not in {"GET", "HEAD"}:
+    if request.method in {"GET", "HEAD"}:
+        # The log position before this page's own reads: live.js replays anything after it, so
+        # an event between rendering and the socket's subscribe is not lost.
+        request.state.live_position = await live_service.current_position(session)
+    else:
         sent = request.headers.get("x-csrf-token")
         if sent is None:
             form = await request.form()
@@ -96,7 +101,11 @@ def render(
 ) -> HTMLResponse:
     base: dict[str, Any] = {"request": request}
     if user is not None:
-        base.update(agent=user.agent, csrf_token=user.csrf_token)
+        base.update(
+            agent=user.agent,
+            csrf_token=user.csrf_token,
+            live_last_event_id=getattr(request.state, "live_position", None),
+        )
     return templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
 
 

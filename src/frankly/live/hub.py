@@ -209,11 +209,19 @@ class Hub:
         self._held_at: int | None = None
         self._held_since = 0.0
         self._late: dict[int, float] = {}  # skipped id -> monotonic deadline to still deliver it
+        self._needs_seek = False
 
     async def start(self) -> None:
-        """Begin at the current end of the log; later commits are delivered."""
-        async with self.database.engine.connect() as connection:
-            self.position = int(await connection.scalar(select(func.max(Event.id))) or 0)
+        """Begin at the current end of the log; later commits are delivered.
+
+        An unreachable database must not stop the app from starting (health checks report it):
+        the reader then starts from the log's end once the database answers.
+        """
+        try:
+            await self._seek_end()
+        except Exception:
+            log.warning("live hub: database not reachable at start; will retry")
+            self._needs_seek = True
         self._stopping = False
         self._held_at = None
         self._late.clear()
@@ -222,6 +230,11 @@ class Hub:
         if self.database.dialect == "postgresql":
             self._listener = asyncio.create_task(self._listen_loop(), name="frankly-live-listen")
         live_service.set_waker(self.wake)
+
+    async def _seek_end(self) -> None:
+        async with self.database.engine.connect() as connection:
+            self.position = int(await connection.scalar(select(func.max(Event.id))) or 0)
+        self._needs_seek = False
 
     async def stop(self) -> None:
         """Stop reading and end every subscription."""
@@ -284,12 +297,18 @@ class Hub:
             if self._stopping:
                 return
             try:
+                if self._needs_seek:
+                    await self._seek_end()
                 while await self._read_once():
                     pass
                 failures = 0
             except Exception:
                 failures += 1
-                log.exception("live hub: reading the event log failed (%d in a row)", failures)
+                log.warning(
+                    "live hub: reading the event log failed (%d in a row)",
+                    failures,
+                    exc_info=failures == 1,
+                )
                 await asyncio.sleep(min(0.5 * 2**failures, 10.0))
 
     async def _read_once(self) -> bool:

@@ -54,3 +54,10 @@ async def publish_conversation(
     payload = {"conversation_id": conversation_id, **data}
     await publish(session, topic=INBOX, kind=kind, data=payload)
     await publish(session, topic=conversation_topic(conversation_id), kind=kind, data=payload)
+
+
+async def current_position(session: AsyncSession) -> int:
+    """The newest event id (0 for an empty log)."""
+    from sqlalchemy import func, select
+
+    return int(await session.scalar(select(func.max(Event.id))) or 0)

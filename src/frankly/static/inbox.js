@@ -85,10 +85,13 @@
     var open = pane && pane.dataset.conversationId;
     if (open && e.topic === "conversation:" + open) {
       if (editing()) {
-        if (e.kind === "message.new" || e.kind === "conversation.claimed") {
-          toast(e.kind === "message.new" ? "The customer wrote again; your edit is kept." : (e.data.agent_name || "Someone") + " is replying now.", false);
+        // Never reload under the agent's cursor: keep the edit, and block sending if someone
+        // else took the conversation (they must take over again, which reloads the pane).
+        if (e.kind === "message.new") toast("The customer wrote again; your edit is kept.", false);
+        if (e.kind === "conversation.claimed") {
+          toast((e.data.agent_name || "Someone") + " is replying now. Take over to send.", false);
+          document.querySelectorAll("#draft-panel button").forEach(function (b) { b.disabled = true; });
         }
-        if (e.kind === "conversation.claimed") refresh("conversation-pane", 50);
       } else {
         refresh("conversation-pane", 100);
       }
