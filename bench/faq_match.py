@@ -228,7 +228,9 @@ def reliability(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/banking77"))
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/banking77"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--shots", default="5,10")
     parser.add_argument("--engines", default="auto,lexical", help="comma list: auto|use|e5|lexical")
