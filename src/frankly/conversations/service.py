@@ -364,6 +364,39 @@ async def pending_draft_ids(session: AsyncSession, *, conversation_ids: Sequence
     return set((await session.scalars(query)).all())
 
 
+async def _supersede_pending(
+    session: AsyncSession, *, conversation_id: int, agent: Agent | None = None
+) -> None:
+    """Every pending draft of the conversation becomes superseded (it no longer answers it)."""
+    await session.execute(
+        update(Draft)
+        .where(Draft.conversation_id == conversation_id, Draft.status == DraftStatus.PENDING)
+        .values(
+            status=DraftStatus.SUPERSEDED,
+            decided_by_id=agent.id if agent else None,
+            decided_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _decide(
+    session: AsyncSession, *, draft: Draft, status: DraftStatus, agent: Agent
+) -> bool:
+    """Move one draft out of PENDING; False when someone else decided it first."""
+    now = utcnow()
+    result = await session.execute(
+        update(Draft)
+        .where(Draft.id == draft.id, Draft.status == DraftStatus.PENDING)
+        .values(status=status, decided_by_id=agent.id, decided_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return False
+    draft.status, draft.decided_by_id, draft.decided_at = status, agent.id, now
+    return True
+
+
 # ---------------------------------------------------------------- drafts (written by drafting)
 
 
@@ -381,11 +414,7 @@ async def record_draft(
 ) -> Draft:
     """Store a proposed reply; older pending drafts in the conversation become superseded."""
     conversation = await get_conversation(session, conversation_id=message.conversation_id)
-    await session.execute(
-        update(Draft)
-        .where(Draft.conversation_id == conversation.id, Draft.status == DraftStatus.PENDING)
-        .values(status=DraftStatus.SUPERSEDED, decided_at=utcnow())
-    )
+    await _supersede_pending(session, conversation_id=conversation.id)
     draft = Draft(
         conversation_id=conversation.id,
         message_id=message.id,
@@ -417,12 +446,7 @@ async def record_abstention(
     conversation.needs_human = True
     conversation.suggestions = suggestions
     # A draft for an earlier message no longer answers the conversation as it now stands.
-    await session.execute(
-        update(Draft)
-        .where(Draft.conversation_id == conversation.id, Draft.status == DraftStatus.PENDING)
-        .values(status=DraftStatus.SUPERSEDED, decided_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    await _supersede_pending(session, conversation_id=conversation.id)
     await session.flush()
     await live_service.publish_conversation(
         session,
@@ -557,15 +581,8 @@ async def send_reply(
             if provenance.origin == Origin.HUMAN_WRITTEN
             else DraftStatus.SENT
         )
-        result = await session.execute(
-            update(Draft)
-            .where(Draft.id == draft.id, Draft.status == DraftStatus.PENDING)
-            .values(status=new_status, decided_by_id=agent.id, decided_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if getattr(result, "rowcount", 0) != 1:
+        if not await _decide(session, draft=draft, status=new_status, agent=agent):
             raise Conflict(f"draft {draft.id} was acted on by someone else")
-        draft.status, draft.decided_by_id, draft.decided_at = new_status, agent.id, now
 
     sent_text = provenance.body
     if provenance.disclosure is not None:
@@ -591,12 +608,7 @@ async def send_reply(
     )
     session.add(message)
     # Any other pending draft is now stale: a person has answered.
-    await session.execute(
-        update(Draft)
-        .where(Draft.conversation_id == conversation.id, Draft.status == DraftStatus.PENDING)
-        .values(status=DraftStatus.SUPERSEDED, decided_by_id=agent.id, decided_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    await _supersede_pending(session, conversation_id=conversation.id, agent=agent)
     conversation.needs_reply = False
     conversation.needs_human = False
     conversation.last_activity_at = now
@@ -641,17 +653,9 @@ async def send_reply(
 
 async def discard_draft(session: AsyncSession, *, agent: Agent, draft: Draft) -> Draft:
     """A person rejects a draft; its entry counts against this customer message from now on."""
-    now = utcnow()
-    result = await session.execute(
-        update(Draft)
-        .where(Draft.id == draft.id, Draft.status == DraftStatus.PENDING)
-        .values(status=DraftStatus.DISCARDED, decided_by_id=agent.id, decided_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(result, "rowcount", 0) != 1:
+    if not await _decide(session, draft=draft, status=DraftStatus.DISCARDED, agent=agent):
         await session.refresh(draft)
         raise Conflict(f"draft {draft.id} is already {draft.status.value}")
-    draft.status, draft.decided_by_id, draft.decided_at = DraftStatus.DISCARDED, agent.id, now
     if draft.faq_entry_id:
         inbound = await get_message(session, message_id=draft.message_id)
         entry = await knowledge_service.get_entry(session, entry_id=draft.faq_entry_id)
@@ -686,16 +690,9 @@ async def discard_draft(session: AsyncSession, *, agent: Agent, draft: Draft) ->
 
 
 async def supersede_draft(session: AsyncSession, *, agent: Agent, draft: Draft) -> None:
-    result = await session.execute(
-        update(Draft)
-        .where(Draft.id == draft.id, Draft.status == DraftStatus.PENDING)
-        .values(status=DraftStatus.SUPERSEDED, decided_by_id=agent.id, decided_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(result, "rowcount", 0) != 1:
+    if not await _decide(session, draft=draft, status=DraftStatus.SUPERSEDED, agent=agent):
         await session.refresh(draft)
         raise Conflict(f"draft {draft.id} is already {draft.status.value}")
-    draft.status = DraftStatus.SUPERSEDED
 
 
 async def count_outbound(session: AsyncSession) -> int:
