@@ -107,16 +107,28 @@ class Database:
         await self.engine.dispose()
 
 
+def transaction_state(session: AsyncSession) -> dict[str, Any]:
+    """Per-transaction scratch space on the session; dropped at commit and at rollback."""
+    state: dict[str, Any] = session.info.setdefault("tx", {})
+    return state
+
+
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
-    """Run `callback` once the request's transaction has committed (e.g. wake the worker)."""
-    session.info.setdefault("after_commit", []).append(callback)
+    """Run `callback` once the current transaction has committed (e.g. wake the worker)."""
+    transaction_state(session).setdefault("after_commit", []).append(callback)
 
 
 async def commit(session: AsyncSession) -> None:
     """Commit and then run the after-commit callbacks registered on the session."""
     await session.commit()
-    for callback in session.info.pop("after_commit", []):
+    for callback in session.info.pop("tx", {}).get("after_commit", []):
         callback()
+
+
+async def rollback(session: AsyncSession) -> None:
+    """Roll back, forgetting the transaction's after-commit callbacks."""
+    session.info.pop("tx", None)
+    await session.rollback()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -127,8 +139,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
             yield session
             await commit(session)
         except BaseException:
-            session.info.pop("after_commit", None)
-            await session.rollback()
+            await rollback(session)
             raise
 
 

@@ -33,7 +33,7 @@ from frankly.conversations.schemas import (
     UseFaq,
     WriteReply,
 )
-from frankly.db import SessionDep, after_commit
+from frankly.db import SessionDep, after_commit, rollback
 from frankly.drafting import disclosure
 from frankly.drafting import service as drafting_service
 from frankly.errors import Conflict, Invalid
@@ -222,7 +222,7 @@ async def _send(
         except (IntegrityError, Conflict):
             if attempt:
                 raise
-            await session.rollback()
+            await rollback(session)
             refreshed = await session.get(Agent, agent_id)
             assert refreshed is not None
             agent = refreshed

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from frankly.db import after_commit
+from frankly.db import after_commit, transaction_state
 from frankly.live.models import Event
 
 NOTIFY_CHANNEL = "frankly_events"
@@ -34,15 +34,16 @@ def conversation_topic(conversation_id: int) -> str:
 
 
 async def publish(session: AsyncSession, *, topic: str, kind: str, data: dict[str, Any]) -> Event:
+    """Add an event to the caller's transaction (flushed with its other writes, not alone)."""
     event = Event(topic=topic, kind=kind, data=data)
     session.add(event)
-    await session.flush()
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": NOTIFY_CHANNEL, "payload": str(event.id)},
-        )
-    if _waker is not None:
+    state = transaction_state(session)
+    if session.get_bind().dialect.name == "postgresql" and not state.get("notified"):
+        # Delivered at commit, once per transaction; hubs read the log, the payload is unused.
+        await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+        state["notified"] = True
+    if _waker is not None and not state.get("waking"):
+        state["waking"] = True
         after_commit(session, _waker)
     return event
 
