@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -98,6 +100,18 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite takes one writer at a time and makes the others sleep in its busy handler;
+        # queueing this process's writing transactions here instead avoids that lock convoy.
+        self._writers = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """Hold for a transaction that will write (a no-op on PostgreSQL)."""
+        if self._writers is None:
+            yield
+            return
+        async with self._writers:
+            yield
 
     @property
     def dialect(self) -> str:
@@ -131,10 +145,14 @@ async def rollback(session: AsyncSession) -> None:
     await session.rollback()
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: commit on success, roll back on any error."""
     database: Database = request.app.state.db
-    async with database.sessionmaker() as session:
+    writes = request.method not in SAFE_METHODS
+    async with database.writing() if writes else nullcontext(), database.sessionmaker() as session:
         try:
             yield session
             await commit(session)

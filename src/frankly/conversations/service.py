@@ -187,7 +187,8 @@ async def ingest(
     if conversation.status != ConversationStatus.OPEN:
         conversation.status = ConversationStatus.OPEN
         conversation.snoozed_until = None
-    await session.flush()
+    # No flush here: the conversation update, the events and the drafting job reach the
+    # database together at commit, which keeps SQLite's write lock short.
     await live_service.publish_conversation(
         session,
         conversation_id=conversation.id,

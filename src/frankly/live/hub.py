@@ -190,6 +190,7 @@ class Hub:
         queue_size: int = 1000,
         batch: int = 500,
         keepalive_seconds: float = 30.0,
+        coalesce_seconds: float = 0.01,
     ) -> None:
         self.database = database
         self.poll_seconds = poll_seconds
@@ -199,6 +200,7 @@ class Hub:
         self.queue_size = queue_size
         self.batch = batch
         self.keepalive_seconds = keepalive_seconds
+        self.coalesce_seconds = coalesce_seconds
         self.position = 0  # every id <= position was delivered or skipped
         self.listening = asyncio.Event()  # set while LISTEN is active (PostgreSQL)
         self._subscribers: set[Subscription] = set()
@@ -293,6 +295,9 @@ class Hub:
                 timeout = min(timeout, max(due, 0.0) + 0.01)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+            if self._wakeup.is_set() and self.coalesce_seconds:
+                # Under load many commits wake the reader at once: one read serves them all.
+                await asyncio.sleep(self.coalesce_seconds)
             self._wakeup.clear()
             if self._stopping:
                 return

@@ -103,7 +103,7 @@ class Worker:
     async def run_once(self, worker_id: str | None = None) -> int:
         """Claim up to `batch` due jobs and run them one by one; returns how many ran."""
         worker_id = worker_id or self.id
-        async with self.database.sessionmaker() as session:
+        async with self.database.writing(), self.database.sessionmaker() as session:
             jobs = await worker_service.claim(
                 session, worker_id=worker_id, lease_seconds=self.lease_seconds, limit=self.batch
             )
@@ -113,6 +113,7 @@ class Worker:
             try:
                 if handler is None:
                     raise LookupError(f"no handler for job {claimed.name!r}")
+                # Not under the writer queue: a job reads (and matches) before its short write.
                 async with self.database.sessionmaker() as session:
                     await handler(session, claimed.payload)
                     await worker_service.finish(session, job=claimed)
@@ -120,7 +121,7 @@ class Worker:
                 metrics.JOBS.labels(claimed.name, "done").inc()
             except Exception as exc:
                 log.warning("job %s (%s) failed: %s", claimed.id, claimed.name, exc)
-                async with self.database.sessionmaker() as session:
+                async with self.database.writing(), self.database.sessionmaker() as session:
                     final = await worker_service.fail(
                         session,
                         job=claimed,

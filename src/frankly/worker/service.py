@@ -18,8 +18,7 @@ async def enqueue(
 ) -> Job:
     """Add a job in the caller's transaction: it exists exactly when the work that needs it does."""
     job = Job(name=name, payload=payload, max_attempts=max_attempts)
-    session.add(job)
-    await session.flush()
+    session.add(job)  # written with the transaction's next flush or its commit
     return job
 
 
