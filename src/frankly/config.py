@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     job_lease_seconds: int = Field(default=120, ge=5)
     session_days: int = Field(default=14, ge=1, le=365)
+    event_retention_days: int = Field(default=7, ge=1, le=3650)
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -131,3 +131,35 @@ class TestAssignAndStatus:
         await post_inbound(client, desk, "are you there?")
         detail = (await client.get(url, headers=desk.as_agent())).json()
         assert detail["status"] == "open" and detail["snoozed_until"] is None
+
+
+class TestSnoozeRunsOut:
+    async def test_an_expired_snooze_is_open_again_in_the_list(self, client, db) -> None:
+        from frankly.conversations.models import Conversation
+
+        desk = await make_desk(db)
+        accepted = await post_inbound(client, desk, "hi")
+        url = f"/api/v1/conversations/{accepted['conversation_id']}"
+        until = (utcnow() + timedelta(hours=1)).isoformat()
+        await client.post(
+            f"{url}/status",
+            json={"status": "snoozed", "snoozed_until": until},
+            headers=desk.as_agent(),
+        )
+
+        async def listed(status: str) -> list[int]:
+            response = await client.get(
+                "/api/v1/conversations", params={"status": status}, headers=desk.as_agent()
+            )
+            return [c["id"] for c in response.json()["items"]]
+
+        assert await listed("open") == [] and await listed("snoozed") == [
+            accepted["conversation_id"]
+        ]
+        async with db.sessionmaker() as session:
+            conversation = await session.get(Conversation, accepted["conversation_id"])
+            assert conversation is not None
+            conversation.snoozed_until = utcnow() - timedelta(minutes=1)
+            await session.commit()
+        assert await listed("open") == [accepted["conversation_id"]]
+        assert await listed("snoozed") == []

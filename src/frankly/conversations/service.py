@@ -286,7 +286,16 @@ def _has_pending_draft() -> Any:
 
 def filtered_query(filters: ConversationFilters, *, agent: Agent) -> Select[Conversation]:
     query = select(Conversation)
-    if filters.status is not None:
+    now = utcnow()
+    snooze_over = and_(
+        Conversation.status == ConversationStatus.SNOOZED, Conversation.snoozed_until <= now
+    )
+    if filters.status == ConversationStatus.OPEN:
+        # A snooze that has run out puts the conversation back among the open ones.
+        query = query.where(or_(Conversation.status == ConversationStatus.OPEN, snooze_over))
+    elif filters.status == ConversationStatus.SNOOZED:
+        query = query.where(Conversation.status == filters.status, ~snooze_over)
+    elif filters.status is not None:
         query = query.where(Conversation.status == filters.status)
     if filters.needs_reply is not None:
         query = query.where(Conversation.needs_reply.is_(filters.needs_reply))

@@ -152,7 +152,8 @@ class Subscription:
     async def _replay(self, topics: frozenset[str], after: int, upto: int) -> None:
         limit = self._hub.replay_limit
         rows = await self._hub.read_range(topics, after=after, upto=upto, limit=limit + 1)
-        if len(rows) > limit:
+        if len(rows) > limit or after < await self._hub.oldest_retained() - 1:
+            # Too much was missed, or part of it was pruned from the log: reload instead.
             self._pending.append(resync_event(upto))
             return
         if len(self._replayed) > 10 * limit:
@@ -270,6 +271,11 @@ class Hub:
 
     def _remove(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
+
+    async def oldest_retained(self) -> int:
+        """The smallest id still in the log (events older than the retention are pruned)."""
+        async with self.database.engine.connect() as connection:
+            return int(await connection.scalar(select(func.min(Event.id))) or 0)
 
     async def read_range(
         self, topics: Iterable[str], *, after: int, upto: int, limit: int

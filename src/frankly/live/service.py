@@ -62,3 +62,17 @@ async def current_position(session: AsyncSession) -> int:
     from sqlalchemy import func, select
 
     return int(await session.scalar(select(func.max(Event.id))) or 0)
+
+
+async def prune(session: AsyncSession, *, older_than_days: int) -> int:
+    """Delete events older than the retention; a tab behind that gets a resync."""
+    from datetime import timedelta
+
+    from sqlalchemy import delete
+
+    from frankly.db import utcnow
+
+    result = await session.execute(
+        delete(Event).where(Event.created_at < utcnow() - timedelta(days=older_than_days))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

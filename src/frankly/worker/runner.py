@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from frankly.worker import service as worker_service
 
 log = logging.getLogger("frankly.worker")
 
+HOUSEKEEPING_SECONDS = 600.0
 Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 HANDLERS: dict[str, Handler] = {}
 
@@ -86,9 +88,25 @@ class Worker:
         self.start()
         await asyncio.gather(*self._tasks)
 
+    async def housekeeping(self) -> None:
+        """Prune the live event log past its retention (any worker may; it is idempotent)."""
+        from frankly.config import get_settings
+        from frankly.live import service as live_service
+
+        async with self.database.writing(), self.database.sessionmaker() as session:
+            await live_service.prune(session, older_than_days=get_settings().event_retention_days)
+            await session.commit()
+
     async def _loop(self, n: int) -> None:
         worker_id = f"{self.id}/{n}"
+        next_housekeeping = 0.0
         while not self._stop.is_set():
+            if n == 0 and time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+                try:
+                    await self.housekeeping()
+                except Exception:
+                    log.warning("worker %s: housekeeping failed", worker_id, exc_info=True)
             try:
                 ran = await self.run_once(worker_id)
             except Exception:  # the loop must survive a database hiccup
