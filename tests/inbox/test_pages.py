@@ -117,6 +117,14 @@ class TestRoles:
         assert token
         shown_again = await client.get("/admin")
         assert token.group(1) not in shown_again.text
+        from sqlalchemy import select
+
+        from frankly.audit.models import AuditEvent
+
+        async with db.sessionmaker() as session:
+            rows = (await session.execute(select(AuditEvent.action, AuditEvent.agent_id))).all()
+        assert ("token.create", desk.admin.id) in rows
+        assert ("settings.change", desk.admin.id) in rows
 
 
 class TestConversationActions:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
 
 from frankly.audit import service as audit_service
 from frankly.auth import service
@@ -20,7 +19,7 @@ from frankly.auth.schemas import (
 )
 from frankly.config import get_settings
 from frankly.db import SessionDep
-from frankly.errors import Invalid, NotFound
+from frankly.errors import Invalid
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 
@@ -70,28 +69,24 @@ async def me(agent: CurrentAgent) -> Agent:
 
 @router.get("/agents", response_model=list[AgentRead])
 async def list_agents(session: SessionDep, agent: AdminOnly) -> list[Agent]:
-    return list((await session.scalars(select(Agent).order_by(Agent.id))).all())
+    return await service.list_agents(session)
 
 
 @router.post("/agents", response_model=AgentRead, status_code=201)
 async def create_agent(body: AgentCreate, session: SessionDep, admin: AdminOnly) -> Agent:
-    agent = await service.create_agent(
-        session, email=body.email, password=body.password, name=body.name, admin=body.admin
-    )
-    await audit_service.record(
+    return await service.create_agent(
         session,
-        agent=admin,
-        action="agent.create",
-        target_type="agent",
-        target_id=agent.id,
-        detail={"email": agent.email, "role": agent.role.value},
+        email=body.email,
+        password=body.password,
+        name=body.name,
+        admin=body.admin,
+        actor=admin,
     )
-    return agent
 
 
 @router.get("/tokens", response_model=list[TokenRead])
 async def list_tokens(session: SessionDep, admin: AdminOnly) -> list[ApiToken]:
-    return list((await session.scalars(select(ApiToken).order_by(ApiToken.id))).all())
+    return await service.list_tokens(session)
 
 
 @router.post("/tokens", response_model=TokenCreated, status_code=201)
@@ -102,25 +97,13 @@ async def create_token(body: TokenCreate, session: SessionDep, admin: AdminOnly)
         owner = await service.get_agent_by_email(session, email=body.agent_email)
         if owner is None:
             raise Invalid(f"no agent with email {body.agent_email}")
-    new = await service.create_token(session, name=body.name, channel=body.channel, agent=owner)
-    await audit_service.record(
-        session,
-        agent=admin,
-        action="token.create",
-        target_type="api_token",
-        target_id=new.record.id,
-        detail={"name": body.name, "kind": new.record.kind.value},
+    new = await service.create_token(
+        session, name=body.name, channel=body.channel, agent=owner, actor=admin
     )
     return TokenCreated(**TokenRead.model_validate(new.record).model_dump(), token=new.token)
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
 async def revoke_token(token_id: int, session: SessionDep, admin: AdminOnly) -> Response:
-    record = await session.get(ApiToken, token_id)
-    if record is None:
-        raise NotFound(f"no token with id {token_id}")
-    await service.revoke_token(session, token_id=token_id)
-    await audit_service.record(
-        session, agent=admin, action="token.revoke", target_type="api_token", target_id=token_id
-    )
+    await service.revoke_token(session, token_id=token_id, actor=admin)
     return Response(status_code=204)

@@ -13,6 +13,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frankly.audit import service as audit_service
 from frankly.auth.models import Agent, ApiToken, AuthSession, LoginAttempt, Role, TokenKind
 from frankly.db import Database, utcnow
 from frankly.errors import Conflict, FranklyError, Invalid, NotFound, Unauthorized
@@ -58,7 +59,9 @@ async def create_agent(
     password: str,
     name: str | None = None,
     admin: bool = False,
+    actor: Agent | None = None,
 ) -> Agent:
+    """Add an agent; `actor` is the admin doing it (None from the CLI), for the audit log."""
     email = normalize_email(email)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise Invalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
@@ -72,7 +75,23 @@ async def create_agent(
     )
     session.add(agent)
     await session.flush()
+    await audit_service.record(
+        session,
+        agent=actor,
+        action="agent.create",
+        target_type="agent",
+        target_id=agent.id,
+        detail={"email": agent.email, "role": agent.role.value},
+    )
     return agent
+
+
+async def list_agents(session: AsyncSession) -> list[Agent]:
+    return list((await session.scalars(select(Agent).order_by(Agent.id))).all())
+
+
+async def list_tokens(session: AsyncSession) -> list[ApiToken]:
+    return list((await session.scalars(select(ApiToken).order_by(ApiToken.id.desc()))).all())
 
 
 async def get_agent_by_email(session: AsyncSession, *, email: str) -> Agent | None:
@@ -186,7 +205,12 @@ class NewToken:
 
 
 async def create_token(
-    session: AsyncSession, *, name: str, channel: str | None = None, agent: Agent | None = None
+    session: AsyncSession,
+    *,
+    name: str,
+    channel: str | None = None,
+    agent: Agent | None = None,
+    actor: Agent | None = None,
 ) -> NewToken:
     """A channel token (may only post inbound messages) or an agent token (acts as that agent)."""
     if (channel is None) == (agent is None):
@@ -204,6 +228,14 @@ async def create_token(
     )
     session.add(record)
     await session.flush()
+    await audit_service.record(
+        session,
+        agent=actor,
+        action="token.create",
+        target_type="api_token",
+        target_id=record.id,
+        detail={"name": name, "kind": record.kind.value},
+    )
     return NewToken(token=token, record=record)
 
 
@@ -221,12 +253,17 @@ async def resolve_token(
     return record, agent
 
 
-async def revoke_token(session: AsyncSession, *, token_id: int) -> ApiToken:
+async def revoke_token(
+    session: AsyncSession, *, token_id: int, actor: Agent | None = None
+) -> ApiToken:
     record = await session.get(ApiToken, token_id)
     if record is None:
         raise NotFound(f"no token with id {token_id}")
     record.revoked_at = record.revoked_at or utcnow()
     CHANNEL_TOKENS.forget(record.id)
+    await audit_service.record(
+        session, agent=actor, action="token.revoke", target_type="api_token", target_id=token_id
+    )
     return record
 
 

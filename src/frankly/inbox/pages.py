@@ -12,7 +12,6 @@ from markupsafe import Markup, escape
 from sqlalchemy import func, select
 
 from frankly.auth import service as auth_service
-from frankly.auth.models import Agent, ApiToken
 from frankly.conversations.models import Draft, DraftStatus, Message, Origin
 from frankly.db import SessionDep
 from frankly.desk import service as desk_service
@@ -251,22 +250,23 @@ async def settings_save(
     return RedirectResponse("/settings?saved=1", status_code=303)
 
 
-@router.get("/admin", response_class=HTMLResponse)
-async def admin_page(
-    request: Request, session: SessionDep, user: Admin, new_token: str | None = None
+async def _admin(
+    request: Request, session: SessionDep, user: Admin, new_token: str | None
 ) -> Response:
-    agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
-    tokens = (await session.scalars(select(ApiToken).order_by(ApiToken.id.desc()))).all()
     return render(
         request,
         "admin.html",
         user,
         nav="admin",
-        agents=agents,
-        tokens=tokens,
-        new_token=None,
-        error=None,
+        agents=await auth_service.list_agents(session),
+        tokens=await auth_service.list_tokens(session),
+        new_token=new_token,
     )
+
+
+@router.get("/admin", response_class=HTMLResponse)
+async def admin_page(request: Request, session: SessionDep, user: Admin) -> Response:
+    return await _admin(request, session, user, None)
 
 
 @router.post("/admin/agents", response_class=HTMLResponse)
@@ -280,7 +280,7 @@ async def admin_add_agent(
     admin: Annotated[bool, Form()] = False,
 ) -> Response:
     await auth_service.create_agent(
-        session, email=email, password=password, name=name or None, admin=admin
+        session, email=email, password=password, name=name or None, admin=admin, actor=user.agent
     )
     return RedirectResponse("/admin", status_code=303)
 
@@ -299,23 +299,14 @@ async def admin_create_token(
         owner = await auth_service.get_agent_by_email(session, email=agent_email)
         if owner is None:
             raise Invalid(f"no agent with email {agent_email}")
-    new = await auth_service.create_token(session, name=name, channel=channel or None, agent=owner)
-    agents = (await session.scalars(select(Agent).order_by(Agent.id))).all()
-    tokens = (await session.scalars(select(ApiToken).order_by(ApiToken.id.desc()))).all()
-    # Shown once, in this response only; never stored in clear.
-    return render(
-        request,
-        "admin.html",
-        user,
-        nav="admin",
-        agents=agents,
-        tokens=tokens,
-        new_token=new.token,
-        error=None,
+    new = await auth_service.create_token(
+        session, name=name, channel=channel or None, agent=owner, actor=user.agent
     )
+    # Shown once, in this response only; never stored in clear.
+    return await _admin(request, session, user, new.token)
 
 
 @router.post("/admin/tokens/{token_id}/revoke")
 async def admin_revoke_token(token_id: int, session: SessionDep, user: Admin) -> Response:
-    await auth_service.revoke_token(session, token_id=token_id)
+    await auth_service.revoke_token(session, token_id=token_id, actor=user.agent)
     return RedirectResponse("/admin", status_code=303)
