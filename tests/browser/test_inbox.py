@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import os
 import shutil
 from typing import Any
 
@@ -457,12 +458,13 @@ async def _no_overflow(page: Any) -> None:
 async def _screenshot(
     page: Any, name: str, *, publish: bool = True, full_page: bool = False
 ) -> None:
-    """Into test-artifacts/; with publish, also into docs/screenshots/ (linked from the README).
+    """Into test-artifacts/; with publish and FRANKLY_UPDATE_SCREENSHOTS=1, also into
+    docs/screenshots/ (committed, linked from the README), so a test run leaves the tree clean.
 
     caret="initial": Playwright's default caret hiding puts style="" attributes on inputs, which
     htmx then copies onto swapped-in elements, a (test-made) CSP style-src-attr violation.
     """
     artifact, committed = screenshot_paths(name)
     await page.screenshot(path=str(artifact), timeout=WAIT_MS, caret="initial", full_page=full_page)
-    if publish:
+    if publish and os.environ.get("FRANKLY_UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(artifact, committed)
