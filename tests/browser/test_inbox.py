@@ -5,8 +5,8 @@ conversations (a fresh external id each) and finds them by their database id."""
 from __future__ import annotations
 
 import asyncio
-import re
 import os
+import re
 import shutil
 from typing import Any
 
