@@ -38,7 +38,6 @@ from frankly.drafting import disclosure
 from frankly.drafting import service as drafting_service
 from frankly.errors import Conflict, Invalid
 from frankly.knowledge import service as knowledge_service
-from frankly.knowledge.models import FaqEntry
 from frankly.textutil import clean_text
 
 router = APIRouter(prefix="/api/v1", tags=["conversations"])
@@ -83,17 +82,10 @@ async def post_inbound(
     )
 
 
-async def _entry_slugs(session: AsyncSession, ids: set[int]) -> dict[int, str]:
-    slugs = {}
-    for entry_id in ids:
-        entry = await session.get(FaqEntry, entry_id)
-        if entry is not None:
-            slugs[entry_id] = entry.slug
-    return slugs
-
-
 async def draft_read(session: AsyncSession, draft: Draft) -> DraftRead:
-    slugs = await _entry_slugs(session, {draft.faq_entry_id} if draft.faq_entry_id else set())
+    slugs = await knowledge_service.slugs_by_id(
+        session, ids={draft.faq_entry_id} if draft.faq_entry_id else set()
+    )
     return _draft_read(draft, slugs)
 
 
@@ -138,7 +130,9 @@ async def conversation_detail(
 ) -> ConversationDetail:
     messages = await service.list_messages(session, conversation=conversation)
     drafts = await service.list_drafts(session, conversation=conversation)
-    slugs = await _entry_slugs(session, {d.faq_entry_id for d in drafts if d.faq_entry_id})
+    slugs = await knowledge_service.slugs_by_id(
+        session, ids={d.faq_entry_id for d in drafts if d.faq_entry_id}
+    )
     base = await conversation_read(
         session, conversation, has_draft=any(d.status == "pending" for d in drafts)
     )
@@ -355,12 +349,7 @@ async def assign_conversation(
     conversation_id: int, body: AssignRequest, session: SessionDep, agent: CurrentAgent
 ) -> ConversationRead:
     conversation = await service.get_conversation(session, conversation_id=conversation_id)
-    assignee = None
-    if body.agent_id is not None:
-        assignee = await session.get(Agent, body.agent_id)
-        if assignee is None or not assignee.is_active:
-            raise Invalid(f"no active agent with id {body.agent_id}")
-    await service.assign(session, agent=agent, conversation=conversation, assignee=assignee)
+    await service.assign(session, agent=agent, conversation=conversation, assignee_id=body.agent_id)
     return await _read(session, conversation)
 
 

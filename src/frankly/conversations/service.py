@@ -715,7 +715,7 @@ async def count_outbound(session: AsyncSession) -> int:
 CLAIM_MINUTES = 10
 
 
-def _claim_is_live(conversation: Conversation) -> bool:
+def claim_is_live(conversation: Conversation) -> bool:
     return (
         conversation.claimed_by_id is not None
         and conversation.claimed_at is not None
@@ -731,7 +731,7 @@ async def ensure_not_claimed_by_other(
     session: AsyncSession, *, agent: Agent, conversation: Conversation
 ) -> None:
     """Another agent's live claim blocks replying until this agent takes over explicitly."""
-    if _claim_is_live(conversation) and conversation.claimed_by_id != agent.id:
+    if claim_is_live(conversation) and conversation.claimed_by_id != agent.id:
         other = await session.get(Agent, conversation.claimed_by_id)
         name = other.name if other else "another agent"
         raise ClaimedByOther(f"{name} is replying to this conversation; take over to reply")
@@ -742,7 +742,7 @@ async def claim(
 ) -> Conversation:
     """Mark `agent` as replying. Someone else's live claim is a Conflict unless `take_over`."""
     now = utcnow()
-    previous = conversation.claimed_by_id if _claim_is_live(conversation) else None
+    previous = conversation.claimed_by_id if claim_is_live(conversation) else None
     condition = or_(
         Conversation.claimed_by_id.is_(None),
         Conversation.claimed_by_id == agent.id,
@@ -792,8 +792,14 @@ async def release(session: AsyncSession, *, agent: Agent, conversation: Conversa
 
 
 async def assign(
-    session: AsyncSession, *, agent: Agent, conversation: Conversation, assignee: Agent | None
+    session: AsyncSession, *, agent: Agent, conversation: Conversation, assignee_id: int | None
 ) -> Conversation:
+    """Assign to an active agent (or to nobody with None)."""
+    assignee = None
+    if assignee_id is not None:
+        assignee = await session.get(Agent, assignee_id)
+        if assignee is None or not assignee.is_active:
+            raise Invalid(f"no active agent with id {assignee_id}")
     before = conversation.assigned_agent_id
     conversation.assigned_agent_id = assignee.id if assignee else None
     await session.flush()

@@ -85,8 +85,9 @@ class KnowledgeIndex:
     last_example_id: int
 
 
-async def _build(session: AsyncSession, previous: Matcher | None = None) -> KnowledgeIndex:
-    stamp = await knowledge_service.knowledge_stamp(session)
+async def _build(
+    session: AsyncSession, stamp: knowledge_service.KnowledgeStamp, previous: Matcher | None = None
+) -> KnowledgeIndex:
     rows = await knowledge_service.list_entries(session, enabled_only=True)
     entries = {
         row.slug: IndexedEntry(
@@ -159,7 +160,7 @@ class IndexCache:
             ):
                 await self._add_new_examples(session, index, stamp)
                 return index
-            self._index = await _build(session, index.matcher if index is not None else None)
+            self._index = await _build(session, stamp, index.matcher if index is not None else None)
             return self._index
 
     async def _add_new_examples(

@@ -259,7 +259,7 @@ async def _pane_context(
         preview = await conversation_service.classify(
             session, conversation=conversation, draft=pending, text=None
         )
-    claim_live = conversation_service._claim_is_live(conversation)
+    claim_live = conversation_service.claim_is_live(conversation)
     return {
         "conversation": conversation,
         "contact": contact,
@@ -483,13 +483,13 @@ async def assign(
     conversation = await conversation_service.get_conversation(
         session, conversation_id=conversation_id
     )
-    assignee = None
-    if agent_id:
-        assignee = await session.get(Agent, int(agent_id)) if agent_id.isdigit() else None
-        if assignee is None:
-            raise Invalid("no such agent")
+    if agent_id and not agent_id.isdigit():
+        raise Invalid("no such agent")
     await conversation_service.assign(
-        session, agent=user.agent, conversation=conversation, assignee=assignee
+        session,
+        agent=user.agent,
+        conversation=conversation,
+        assignee_id=int(agent_id) if agent_id else None,
     )
     return await _pane(request, session, user, conversation_id)
 
