@@ -2,19 +2,23 @@
 
 from frankly.audit.models import AuditEvent
 from frankly.auth.models import Agent, ApiToken, AuthSession, LoginAttempt
-from frankly.conversations.models import Contact, Conversation, Draft, Message
+from frankly.channels.models import ChannelAccount
+from frankly.conversations.models import Attachment, Contact, Conversation, Draft, Message
 from frankly.db import Base
 from frankly.desk.models import DeskSetting
 from frankly.knowledge.models import FaqEntry, FaqVersion, LearnedExample
 from frankly.live.models import Event
+from frankly.outbox.models import OutboxItem
 from frankly.worker.models import Job
 
 __all__ = [
     "Agent",
     "ApiToken",
+    "Attachment",
     "AuditEvent",
     "AuthSession",
     "Base",
+    "ChannelAccount",
     "Contact",
     "Conversation",
     "DeskSetting",
@@ -26,4 +30,5 @@ __all__ = [
     "LearnedExample",
     "LoginAttempt",
     "Message",
+    "OutboxItem",
 ]

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from frankly.db import Base, str_enum, utcnow
@@ -21,6 +21,8 @@ class ConversationStatus(StrEnum):
 class Direction(StrEnum):
     IN = "in"
     OUT = "out"
+    # A provider's notice shown in the thread (order status changes); never drafted for.
+    SYSTEM = "system"
 
 
 class Origin(StrEnum):
@@ -49,6 +51,8 @@ class DraftStatus(StrEnum):
     SENT = "sent"
     DISCARDED = "discarded"
     SUPERSEDED = "superseded"
+    # An LLM is still writing it: shown live, not sendable until it ends.
+    STREAMING = "streaming"
 
 
 class Contact(Base):
@@ -78,6 +82,9 @@ class Conversation(Base):
         str_enum(ConversationStatus), default=ConversationStatus.OPEN
     )
     language: Mapped[str | None] = mapped_column(String(8))
+    channel_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("channel_accounts.id", ondelete="SET NULL")
+    )
     assigned_agent_id: Mapped[int | None] = mapped_column(
         ForeignKey("agents.id", ondelete="SET NULL")
     )
@@ -156,4 +163,27 @@ class Draft(Base):
     )
     decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
     decided_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # LLM drafts: the prompt that wrote it, grounding flags, cost and latency.
+    prompt_version: Mapped[str | None] = mapped_column(String(64))
+    flags: Mapped[list[dict[str, Any]]] = mapped_column(default=list, server_default="[]")
+    tokens_in: Mapped[int | None]
+    tokens_out: Mapped[int | None]
+    ttft_ms: Mapped[float | None]
+    stop_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class Attachment(Base):
+    """A file that came with a customer message (image, PDF), stored in the database."""
+
+    __tablename__ = "attachments"
+    __table_args__ = (Index("ix_attachments_message", "message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int]
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -134,10 +134,15 @@ async def ingest(
     context: dict[str, Any] | None = None,
     attachments: list[dict[str, Any]] | None = None,
     created_at: datetime | None = None,
+    system: bool = False,
+    skip_drafting: bool = False,
+    channel_account_id: int | None = None,
 ) -> IngestResult:
     """Store one customer message, once per (channel, message id); never creates outbound messages.
 
-    A new message is queued for drafting (the caller enqueues the job in the same transaction).
+    A new message is queued for drafting (the caller enqueues the job in the same transaction),
+    unless it is a provider's system notice (`system`) or must not be drafted for
+    (`skip_drafting`: auto-replies, bounces).
     """
     conversation = await _conversation_for(
         session,
@@ -154,12 +159,16 @@ async def ingest(
         .values(
             conversation_id=conversation.id,
             channel=channel,
-            direction=Direction.IN.value,
+            direction=(Direction.SYSTEM if system else Direction.IN).value,
             text=text,
             attachments=attachments or [],
             channel_message_id=message_external_id,
             created_at=created_at or now,
-            drafting=DraftingState.QUEUED.value,
+            drafting=(
+                None
+                if system
+                else (DraftingState.SKIPPED if skip_drafting else DraftingState.QUEUED).value
+            ),
         )
         .on_conflict_do_nothing(index_elements=["channel", "channel_message_id"])
         .returning(Message)
@@ -182,7 +191,17 @@ async def ingest(
         conversation.context = {**conversation.context, **context}
     if contact_language and not conversation.language:
         conversation.language = contact_language
+    if channel_account_id is not None and conversation.channel_account_id is None:
+        conversation.channel_account_id = channel_account_id
     conversation.last_activity_at = now
+    if system or skip_drafting:
+        await live_service.publish_conversation(
+            session,
+            conversation_id=conversation.id,
+            kind="message.new",
+            data={"message_id": message.id, "direction": message.direction.value},
+        )
+        return IngestResult(conversation, message, duplicate=False)
     conversation.needs_reply = True
     if conversation.status != ConversationStatus.OPEN:
         conversation.status = ConversationStatus.OPEN
@@ -625,6 +644,10 @@ async def send_reply(
     conversation.claimed_by_id = None
     conversation.claimed_at = None
     await session.flush()
+    # Same transaction: the reply exists exactly when its delivery is queued.
+    from frankly.outbox import service as outbox_service
+
+    await outbox_service.enqueue(session, message=message, conversation=conversation)
 
     if draft is not None and draft.faq_entry_id and provenance.origin != Origin.HUMAN_WRITTEN:
         inbound = await get_message(session, message_id=draft.message_id)

@@ -74,3 +74,13 @@ def strip(text: str, *, languages: tuple[str, ...] = ("en", "ru")) -> str:
             elif cleaned.endswith(known):
                 cleaned, changed = cleaned[: -len(known)].strip(), True
     return cleaned
+
+
+def text_of(disclosure_id: str | None, language: str | None = None) -> str | None:
+    """The text of a recorded disclosure (its prompt name, e.g. "disclosure/intro.ru")."""
+    if not disclosure_id:
+        return None
+    try:
+        return load_prompt(disclosure_id).text
+    except PromptNotFound:
+        return None

@@ -1,0 +1,1 @@
+"""Delivery of sent messages through their channel, with retries, surviving restarts."""

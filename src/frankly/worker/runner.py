@@ -60,7 +60,10 @@ class Worker:
         self.batch = batch
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
+        self._deliver = asyncio.Event()
         self._stop = asyncio.Event()
+        self._pollers: Any = None
+        self._unsubscribe: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def wake(self) -> None:
@@ -68,15 +71,50 @@ class Worker:
         self._wake.set()
 
     def start(self) -> None:
+        from frankly.channels.runner import Pollers
+
         self._stop.clear()
         self._tasks = [
             asyncio.create_task(self._loop(n), name=f"frankly-worker-{n}")
             for n in range(self.concurrency)
         ]
+        self._tasks.append(asyncio.create_task(self._delivery_loop(), name="frankly-delivery"))
+        self._pollers = Pollers(self.database, owner=self.id, on_new=self.wake)
+        self._pollers.start()
+        from frankly.outbox.service import on_enqueue
+
+        self._unsubscribe = on_enqueue(self.wake_delivery)
+
+    async def _delivery_loop(self) -> None:
+        """Deliver sent messages through their channels (the outbox), with retries."""
+        from frankly.outbox.delivery import deliver_due
+
+        while not self._stop.is_set():
+            try:
+                ran = await deliver_due(
+                    self.database, worker_id=f"{self.id}/out", lease_seconds=self.lease_seconds
+                )
+            except Exception:
+                log.exception("worker %s: delivery round failed", self.id)
+                ran = 0
+            if ran:
+                continue
+            self._deliver.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._deliver.wait(), timeout=self.poll_seconds)
+
+    def wake_delivery(self) -> None:
+        """Tell the delivery loop a reply was just committed."""
+        self._deliver.set()
 
     async def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._deliver.set()
+        if self._pollers is not None:
+            await self._pollers.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         for task in self._tasks:
             try:
                 await asyncio.wait_for(task, timeout=10)
@@ -150,10 +188,13 @@ class Worker:
         return len(jobs)
 
     async def drain(self, max_jobs: int = 10_000) -> int:
-        """Run jobs until none is due (tests and the CLI use this)."""
+        """Run jobs and due deliveries until none is left (tests and the CLI use this)."""
+        from frankly.outbox.delivery import deliver_due
+
         total = 0
         while total < max_jobs:
             ran = await self.run_once()
+            ran += await deliver_due(self.database, worker_id=f"{self.id}/out")
             if not ran:
                 break
             total += ran

@@ -1,0 +1,162 @@
+"""Pollers for channels that fetch their messages (Bybit order chats, IMAP mailboxes).
+
+One poller per enabled account across all instances (a lease on the account row). A poll's
+messages, context updates and the new cursor are written in one transaction, so a restart
+resumes exactly where the last committed poll ended; ids dedupe anything polled twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+
+from frankly import metrics
+from frankly.channels import service as channel_service
+from frankly.channels.base import PollingChannel
+from frankly.channels.models import ChannelAccount
+from frankly.channels.registry import REGISTRY
+from frankly.config import get_settings
+from frankly.db import Database, commit, utcnow
+
+log = logging.getLogger("frankly.channels")
+RESCAN_SECONDS = 15.0
+
+
+async def take_lease(
+    database: Database, *, account_id: int, owner: str, seconds: float
+) -> ChannelAccount | None:
+    """The account, if this poller holds (or just took) its lease."""
+    now = utcnow()
+    async with database.writing(), database.sessionmaker() as session:
+        result = await session.execute(
+            update(ChannelAccount)
+            .where(
+                ChannelAccount.id == account_id,
+                ChannelAccount.enabled.is_(True),
+                or_(
+                    ChannelAccount.poll_locked_until.is_(None),
+                    ChannelAccount.poll_locked_until < now,
+                    ChannelAccount.poll_locked_by == owner,
+                ),
+            )
+            .values(poll_locked_by=owner, poll_locked_until=now + timedelta(seconds=seconds))
+        )
+        await session.commit()
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return None
+        return await session.get(ChannelAccount, account_id)
+
+
+async def poll_once(database: Database, *, account: ChannelAccount, channel: PollingChannel) -> int:
+    """Poll one account and store what it found; returns the number of new messages."""
+    result = await channel.poll(dict(account.cursor))
+    new = 0
+    async with database.writing(), database.sessionmaker() as session:
+        row = await session.get(ChannelAccount, account.id)
+        if row is None:
+            return 0
+        for inbound in result.messages:
+            ingested = await channel_service.ingest_inbound(
+                session, channel=row.kind.value, inbound=inbound, account_id=row.id
+            )
+            new += 0 if ingested.duplicate else 1
+        for update_ in result.contexts:
+            await channel_service.apply_context(session, channel=row.kind.value, update=update_)
+        row.cursor = result.cursor
+        row.last_poll_at = utcnow()
+        row.last_error = None
+        await commit(session)
+    return new
+
+
+async def record_error(database: Database, *, account_id: int, error: str) -> None:
+    async with database.writing(), database.sessionmaker() as session:
+        row = await session.get(ChannelAccount, account_id)
+        if row is not None:
+            row.last_error = error[:2000]
+            row.last_poll_at = utcnow()
+            await session.commit()
+
+
+class Pollers:
+    """Keeps one polling task per enabled polling account; picks up admin changes."""
+
+    def __init__(self, database: Database, *, owner: str, on_new: Callable[[], None]) -> None:
+        self.database = database
+        self.owner = owner
+        self.on_new = on_new
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._supervisor = asyncio.create_task(self._supervise(), name="frankly-pollers")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        tasks = [*self._tasks.values(), *([self._supervisor] if self._supervisor else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    async def _supervise(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with self.database.sessionmaker() as session:
+                    accounts = (
+                        await session.scalars(
+                            select(ChannelAccount).where(ChannelAccount.enabled.is_(True))
+                        )
+                    ).all()
+                wanted = set()
+                for account in accounts:
+                    channel = await REGISTRY.for_account(account)
+                    if isinstance(channel, PollingChannel):
+                        wanted.add(account.id)
+                        if account.id not in self._tasks or self._tasks[account.id].done():
+                            self._tasks[account.id] = asyncio.create_task(
+                                self._poll_loop(account.id), name=f"frankly-poll-{account.id}"
+                            )
+                for account_id in set(self._tasks) - wanted:
+                    self._tasks.pop(account_id).cancel()
+            except Exception:
+                log.exception("channel supervisor failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=RESCAN_SECONDS)
+
+    async def _poll_loop(self, account_id: int) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            lease = max(get_settings().job_lease_seconds, 30)
+            account = await take_lease(
+                self.database, account_id=account_id, owner=self.owner, seconds=lease
+            )
+            if account is None:
+                # Another instance polls it (or it was disabled): check again later.
+                await asyncio.sleep(RESCAN_SECONDS)
+                continue
+            channel = await REGISTRY.for_account(account)
+            if not isinstance(channel, PollingChannel):
+                return
+            try:
+                new = await poll_once(self.database, account=account, channel=channel)
+                failures = 0
+                metrics.POLLS.labels(account.kind.value, "ok").inc()
+                if new:
+                    self.on_new()
+            except Exception as exc:
+                failures += 1
+                metrics.POLLS.labels(account.kind.value, "error").inc()
+                log.warning("polling %s failed: %s", account.name, exc)
+                await record_error(self.database, account_id=account_id, error=str(exc))
+            delay = channel.poll_seconds * (2 ** min(failures, 6) if failures else 1)
+            await channel.wait_for_activity(min(delay, 600.0))
