@@ -85,10 +85,19 @@ def serve(
     settings = _settings()
     import uvicorn
 
-    from frankly.main import SchemaNotReady, check_schema, create_app
+    from frankly.db import Database
+    from frankly.main import SchemaNotReady, check_schema, create_app, prepare_database
+
+    async def checks() -> None:
+        await check_schema(settings.database_url)
+        database = Database(settings.database_url)
+        try:
+            await prepare_database(database, settings)
+        finally:
+            await database.dispose()
 
     try:
-        asyncio.run(check_schema(settings.database_url))
+        asyncio.run(checks())
     except SchemaNotReady as exc:
         raise _fail(str(exc)) from None
     except OSError as exc:
@@ -121,6 +130,7 @@ def worker(
             concurrency=concurrency,
             poll_seconds=settings.worker_poll_seconds,
             lease_seconds=settings.job_lease_seconds,
+            slow_concurrency=settings.llm_concurrency,
         )
         console.print(
             f"worker {runner.id} polling {database.dialect} every {settings.worker_poll_seconds}s"

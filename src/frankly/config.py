@@ -43,6 +43,38 @@ class Settings(BaseSettings):
     session_days: int = Field(default=14, ge=1, le=365)
     event_retention_days: int = Field(default=7, ge=1, le=3650)
     log_level: str = "INFO"
+    # An optional OpenAI-compatible provider (OpenRouter, OpenAI, Ollama, vLLM) that writes drafts
+    # from the matched FAQ entries. Admins can override these in Settings (key stored encrypted).
+    llm_base_url: str = ""
+    llm_api_key: str = Field(default="", repr=False)
+    llm_model: str = ""
+    llm_timeout: float = Field(default=20.0, gt=0, le=300)
+    llm_max_tokens: int = Field(default=400, ge=16, le=8192)
+    llm_temperature: float = Field(default=0.3, ge=0.0, le=2.0)
+    llm_requests_per_minute: int = Field(default=60, ge=1, le=100_000)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
+    llm_concurrency: int = Field(default=4, ge=1, le=64)
+    llm_history_messages: int = Field(default=6, ge=0, le=50)
+    # The LLM is asked only when the matcher found an entry at least this close.
+    llm_min_confidence: float = Field(default=0.35, ge=0.0, le=1.0)
+    # Headless channel setup (the inbox's Settings → Channels does the same with a form).
+    bybit_base_url: str = ""
+    bybit_api_key: str = Field(default="", repr=False)
+    bybit_api_secret: str = Field(default="", repr=False)
+    bybit_poll_seconds: float = Field(default=5.0, ge=0.2, le=3600)
+    imap_host: str = ""
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    imap_user: str = ""
+    imap_password: str = Field(default="", repr=False)
+    imap_tls: str = "ssl"
+    imap_mailbox: str = "INBOX"
+    imap_poll_seconds: float = Field(default=30.0, ge=0.2, le=3600)
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str = ""
+    smtp_password: str = Field(default="", repr=False)
+    smtp_tls: str = "starttls"
+    smtp_from: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -64,6 +96,24 @@ class Settings(BaseSettings):
         if not value or any(len(code) != 2 or not code.isalpha() for code in value):
             raise ValueError("must be a non-empty list of two-letter language codes")
         return [code.lower() for code in value]
+
+    @field_validator("imap_tls", "smtp_tls")
+    @classmethod
+    def _tls_mode(cls, value: str) -> str:
+        if value not in {"ssl", "starttls", "none"}:
+            raise ValueError("must be one of ssl, starttls, none")
+        return value
+
+    @field_validator("llm_base_url", "bybit_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.llm_base_url and self.llm_model)
 
     @field_validator("log_level")
     @classmethod

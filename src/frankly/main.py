@@ -19,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from frankly import __version__
 from frankly.auth.router import router as auth_router
+from frankly.channels.router import router as channels_router
+from frankly.channels.widget.router import router as widget_router
 from frankly.config import Settings, get_settings
 from frankly.conversations.router import router as conversations_router
 from frankly.db import Database
@@ -161,6 +163,24 @@ async def check_schema(url: str) -> None:
         )
 
 
+async def prepare_database(db: Database, settings: Settings) -> None:
+    """Start-up checks that need the data: the secret key opens the stored secrets, and the
+    channel accounts FRANKLY_* variables describe exist. Raises SchemaNotReady with one line."""
+    from frankly.channels import accounts
+    from frankly.crypto import WrongSecretKey
+    from frankly.desk import service as desk_service
+
+    async with db.writing(), db.sessionmaker() as session:
+        try:
+            await desk_service.verify_secret_key(session)
+            await accounts.sync_env_accounts(session, settings=settings)
+        except WrongSecretKey as exc:
+            raise SchemaNotReady(f"FRANKLY_SECRET_KEY: {exc}") from None
+        except FranklyError as exc:
+            raise SchemaNotReady(f"channel settings from the environment: {exc.message}") from None
+        await session.commit()
+
+
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -170,6 +190,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             await check_schema(settings.database_url)
         db = database or Database(settings.database_url)
         app.state.db = db
+        await prepare_database(db, settings)
         hub = Hub(db)
         await hub.start()
         app.state.hub = hub
@@ -180,6 +201,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
                 concurrency=settings.worker_concurrency,
                 poll_seconds=settings.worker_poll_seconds,
                 lease_seconds=settings.job_lease_seconds,
+                slow_concurrency=settings.llm_concurrency,
             )
             worker.start()
         app.state.worker = worker
@@ -189,6 +211,11 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
             await hub.stop()
             if worker is not None:
                 await worker.stop()
+            from frankly.channels.registry import REGISTRY
+            from frankly.drafting.llm_jobs import close_writers
+
+            await REGISTRY.aclose()
+            await close_writers()
             if database is None:
                 await db.dispose()
 
@@ -211,6 +238,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.include_router(conversations_router)
     app.include_router(knowledge_router)
     app.include_router(desk_router)
+    app.include_router(widget_router)
+    app.include_router(channels_router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz(request: Request) -> JSONResponse:

@@ -10,13 +10,17 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from frankly.auth.models import ApiToken
+from frankly.channels import service as channel_service
+from frankly.channels.base import InboundAttachment
 from frankly.config import get_settings
+from frankly.conversations import service as conversation_service
 from frankly.db import commit
 from frankly.knowledge import service as knowledge_service
 from frankly.main import create_app
+from frankly.outbox.models import OutboxItem
 from tests.factories import PASSWORD, Desk, key, make_desk, post_inbound
 
 COOKIE = "frankly_session"
@@ -369,6 +373,74 @@ def _new_faq() -> Prepare:
 AGENTS = (401, 403, 200, 200)
 ADMINS = (401, 403, 403, 200)
 
+
+async def _streaming_draft(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+    conversation_id = await _conversation(client, desk)
+    async with desk.db.sessionmaker() as session:
+        conversation = await conversation_service.get_conversation(
+            session, conversation_id=conversation_id
+        )
+        message = await conversation_service.latest_inbound(session, conversation=conversation)
+        assert message is not None
+        draft = await conversation_service.start_streaming_draft(
+            session, message=message, language="en", entry=None, confidence=None, why={}
+        )
+        await commit(session)
+    return f"/api/v1/drafts/{draft.id}/stop", {}
+
+
+async def _attachment(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+    conversation_id = await _conversation(client, desk)
+    async with desk.db.sessionmaker() as session:
+        conversation = await conversation_service.get_conversation(
+            session, conversation_id=conversation_id
+        )
+        message = await conversation_service.latest_inbound(session, conversation=conversation)
+        assert message is not None
+        rows = await channel_service.add_attachments(
+            session,
+            message=message,
+            files=[InboundAttachment("receipt.pdf", "application/pdf", b"%PDF-1.4 test")],
+        )
+        await commit(session)
+    return f"/api/v1/attachments/{rows[0].id}", {}
+
+
+async def _failed_delivery(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+    conversation_id = await _conversation(client, desk)
+    sent = await client.post(
+        f"/api/v1/conversations/{conversation_id}/replies",
+        json={"text": "Hello!", "idempotency_key": key()},
+        headers=desk.as_admin(),
+    )
+    assert sent.status_code == 200, sent.text
+    message_id = sent.json()["message"]["id"]
+    async with desk.db.sessionmaker() as session:
+        await session.execute(
+            update(OutboxItem).where(OutboxItem.message_id == message_id).values(status="failed")
+        )
+        await commit(session)
+    return f"/api/v1/messages/{message_id}/retry", {}
+
+
+def _new_channel() -> Prepare:
+    async def prepare(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+        body = {"kind": "widget", "name": f"w{next(_n)}", "settings": {"title": "Help"}}
+        return "/api/v1/channels", {"json": body}
+
+    return prepare
+
+
+async def _channel(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+    name = f"w{next(_n)}"
+    response = await client.post(
+        "/api/v1/channels", json={"kind": "widget", "name": name}, headers=desk.as_admin()
+    )
+    assert response.status_code == 201, response.text
+    body = {"kind": "widget", "name": name, "settings": {"title": "Changed"}}
+    return f"/api/v1/channels/{response.json()['id']}", {"json": body}
+
+
 ROUTE_ROLES: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/auth/login"): Case(_login_body, (200, 200, 200, 200)),
     ("POST", "/api/v1/auth/logout"): Case(fixed("/api/v1/auth/logout"), (401, 403, 204, 204)),
@@ -405,6 +477,16 @@ ROUTE_ROLES: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/drafts/{draft_id}/preview"): Case(on_draft("/preview", json={}), AGENTS),
     ("POST", "/api/v1/drafts/{draft_id}/discard"): Case(on_draft("/discard"), AGENTS),
     ("POST", "/api/v1/drafts/{draft_id}/regenerate"): Case(on_draft("/regenerate"), AGENTS),
+    ("POST", "/api/v1/drafts/{draft_id}/stop"): Case(_streaming_draft, AGENTS),
+    # Without an LLM provider a rewrite is a clear 422 for everyone allowed to ask.
+    ("POST", "/api/v1/drafts/{draft_id}/rewrite"): Case(
+        on_draft("/rewrite", json={"kind": "shorter"}), (401, 403, 422, 422)
+    ),
+    ("GET", "/api/v1/attachments/{attachment_id}"): Case(_attachment, AGENTS),
+    ("POST", "/api/v1/messages/{message_id}/retry"): Case(_failed_delivery, AGENTS),
+    ("GET", "/api/v1/channels"): Case(fixed("/api/v1/channels"), ADMINS),
+    ("POST", "/api/v1/channels"): Case(_new_channel(), (401, 403, 403, 201)),
+    ("PUT", "/api/v1/channels/{account_id}"): Case(_channel, ADMINS),
     ("GET", "/api/v1/faq"): Case(fixed("/api/v1/faq"), AGENTS),
     ("POST", "/api/v1/faq"): Case(_new_faq(), (401, 403, 403, 201)),
     ("GET", "/api/v1/faq/export"): Case(fixed("/api/v1/faq/export"), AGENTS),

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
+import frankly.channels.models  # noqa: F401  (conversations.channel_account_id points there)
 from frankly.db import Base, str_enum, utcnow
 
 

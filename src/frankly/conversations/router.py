@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,7 +12,13 @@ from frankly.auth.deps import ChannelDep, CurrentAgent
 from frankly.auth.models import Agent
 from frankly.config import get_settings
 from frankly.conversations import service
-from frankly.conversations.models import Conversation, ConversationStatus, Draft
+from frankly.conversations.models import (
+    Conversation,
+    ConversationStatus,
+    Draft,
+    DraftStatus,
+    Message,
+)
 from frankly.conversations.schemas import (
     AssignRequest,
     ClaimRequest,
@@ -27,6 +33,7 @@ from frankly.conversations.schemas import (
     PreviewRequest,
     ProvenancePreview,
     RegenerateResponse,
+    RewriteRequest,
     SendDraft,
     SendResponse,
     StatusRequest,
@@ -34,7 +41,7 @@ from frankly.conversations.schemas import (
     WriteReply,
 )
 from frankly.db import SessionDep, after_commit, rollback
-from frankly.drafting import disclosure
+from frankly.drafting import disclosure, llm_jobs
 from frankly.drafting import service as drafting_service
 from frankly.errors import Conflict, Invalid
 from frankly.knowledge import service as knowledge_service
@@ -104,6 +111,11 @@ def _draft_read(draft: Draft, slugs: dict[int, str]) -> DraftRead:
         engine=draft.engine,
         why=draft.why,
         created_at=draft.created_at,
+        flags=list(draft.flags or []),
+        prompt_version=draft.prompt_version,
+        tokens_in=draft.tokens_in,
+        tokens_out=draft.tokens_out,
+        ttft_ms=draft.ttft_ms,
     )
 
 
@@ -307,7 +319,30 @@ async def regenerate_draft(
     return RegenerateResponse(
         draft=await draft_read(session, new) if new else None,
         suggestions=conversation.suggestions,
+        streaming=new is None and draft.engine == "llm" and draft.status == DraftStatus.SUPERSEDED,
     )
+
+
+@router.post("/drafts/{draft_id}/stop", response_model=DraftRead)
+async def stop_draft(draft_id: int, session: SessionDep, agent: CurrentAgent) -> DraftRead:
+    """Stop a draft the LLM is still writing; the text so far becomes the pending draft."""
+    draft = await service.get_draft(session, draft_id=draft_id)
+    await service.request_stop(session, agent=agent, draft=draft)
+    return await draft_read(session, draft)
+
+
+@router.post("/drafts/{draft_id}/rewrite", status_code=202, response_model=DraftRead)
+async def rewrite_draft(
+    draft_id: int, body: RewriteRequest, session: SessionDep, agent: CurrentAgent, request: Request
+) -> DraftRead:
+    """Ask the LLM for a shorter, more formal or translated version; it streams in as a new
+    draft (the current one stays pending until the rewrite is ready)."""
+    draft = await service.get_draft(session, draft_id=draft_id)
+    await llm_jobs.request_rewrite(
+        session, agent=agent, draft=draft, kind=body.kind, text=body.text
+    )
+    after_commit(session, lambda: _wake_worker(request))
+    return await draft_read(session, draft)
 
 
 @router.post("/conversations/{conversation_id}/drafts", response_model=DraftRead, status_code=201)
@@ -372,3 +407,35 @@ async def set_conversation_status(
 async def _read(session: AsyncSession, conversation: Conversation) -> ConversationRead:
     drafts = await service.pending_draft_ids(session, conversation_ids=[conversation.id])
     return await conversation_read(session, conversation, has_draft=conversation.id in drafts)
+
+
+@router.get("/attachments/{attachment_id}")
+async def download_attachment(
+    attachment_id: int, session: SessionDep, agent: CurrentAgent
+) -> Response:
+    """A customer's file, for agents only; served as a download unless it is an image."""
+    from frankly.channels import service as channel_service
+
+    row = await channel_service.get_attachment(session, attachment_id=attachment_id)
+    inline = row.content_type.startswith("image/")
+    safe_name = "".join(c if c.isalnum() or c in "._- " else "_" for c in row.filename)
+    disposition = "inline" if inline else "attachment"
+    return Response(
+        content=row.data,
+        media_type=row.content_type,
+        headers={
+            "Content-Disposition": f'{disposition}; filename="{safe_name}"',
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, max-age=3600",
+        },
+    )
+
+
+@router.post("/messages/{message_id}/retry", response_model=MessageRead)
+async def retry_delivery(message_id: int, session: SessionDep, agent: CurrentAgent) -> Message:
+    """Try a failed delivery again (same channel idempotency key, so never a duplicate)."""
+    from frankly.outbox import service as outbox_service
+
+    message = await service.get_message(session, message_id=message_id)
+    await outbox_service.retry(session, agent=agent, message=message)
+    return message

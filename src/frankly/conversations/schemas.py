@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -78,6 +78,9 @@ class MessageRead(BaseModel):
     disclosure_id: str | None = None
     disclosure_version: int | None = None
     delivery_status: DeliveryStatus | None = None
+    delivery_error: str | None = None
+    delivered_at: datetime | None = None
+    channel_message_id: str | None = None
     idempotency_key: str | None = None
 
 
@@ -95,6 +98,11 @@ class DraftRead(BaseModel):
     engine: str
     why: dict[str, Any]
     created_at: datetime
+    flags: list[dict[str, Any]] = []
+    prompt_version: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    ttft_ms: float | None = None
 
 
 class ConversationRead(BaseModel):
@@ -162,6 +170,14 @@ class SendResponse(BaseModel):
 class RegenerateResponse(BaseModel):
     draft: DraftRead | None
     suggestions: list[dict[str, Any]]
+    # An LLM variant is being written: it arrives over the WebSocket as draft.* events.
+    streaming: bool = False
+
+
+class RewriteRequest(Strict):
+    kind: Literal["shorter", "formal", "translate"]
+    # The text in the agent's editor, when it differs from the stored draft.
+    text: str | None = Field(default=None, max_length=20000)
 
 
 class ClaimRequest(Strict):

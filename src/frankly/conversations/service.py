@@ -879,3 +879,166 @@ async def set_status(
         data={"status": status.value},
     )
     return conversation
+
+
+# ---------------------------------------------------------------- drafts an LLM streams
+
+
+async def conversation_history(
+    session: AsyncSession, *, message: Message, limit: int
+) -> list[tuple[str, str]]:
+    """The last `limit` customer and desk messages up to `message`, oldest first."""
+    if limit <= 0:
+        return []
+    rows = (
+        await session.execute(
+            select(Message.direction, Message.text)
+            .where(
+                Message.conversation_id == message.conversation_id,
+                Message.direction != Direction.SYSTEM,
+                Message.id <= message.id,
+            )
+            .order_by(Message.id.desc())
+            .limit(limit)
+        )
+    ).all()
+    return [
+        ("customer" if direction == Direction.IN else "agent", text)
+        for direction, text in reversed(rows)
+    ]
+
+
+async def start_streaming_draft(
+    session: AsyncSession,
+    *,
+    message: Message,
+    language: str,
+    entry: FaqEntry | None,
+    confidence: float | None,
+    why: dict[str, Any],
+    requested_by: Agent | None = None,
+) -> Draft:
+    """A draft an LLM is still writing: visible live, never sendable until it is finished."""
+    # A crashed earlier run may have left one behind for this message.
+    await session.execute(
+        update(Draft)
+        .where(Draft.message_id == message.id, Draft.status == DraftStatus.STREAMING)
+        .values(status=DraftStatus.SUPERSEDED, decided_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    draft = Draft(
+        conversation_id=message.conversation_id,
+        message_id=message.id,
+        text="",
+        language=language,
+        faq_entry_id=entry.id if entry else None,
+        faq_version=entry.version if entry else None,
+        confidence=confidence,
+        engine="llm",
+        status=DraftStatus.STREAMING,
+        why=why,
+        requested_by_id=requested_by.id if requested_by else None,
+    )
+    session.add(draft)
+    await session.flush()
+    await live_service.publish_conversation(
+        session,
+        conversation_id=message.conversation_id,
+        kind="draft.streaming",
+        data={"draft_id": draft.id, "message_id": message.id},
+    )
+    return draft
+
+
+async def publish_draft_delta(session: AsyncSession, *, draft: Draft, text: str) -> None:
+    await live_service.publish(
+        session,
+        topic=f"conversation:{draft.conversation_id}",
+        kind="draft.delta",
+        data={"draft_id": draft.id, "text": text},
+    )
+
+
+async def stop_requested(session: AsyncSession, *, draft: Draft) -> bool:
+    value = await session.scalar(select(Draft.stop_requested).where(Draft.id == draft.id))
+    return bool(value)
+
+
+async def request_stop(session: AsyncSession, *, agent: Agent, draft: Draft) -> Draft:
+    """An agent stops a draft the LLM is writing; what was written so far stays as a draft."""
+    if draft.status != DraftStatus.STREAMING:
+        raise Conflict(f"draft {draft.id} is {draft.status.value}, not being written")
+    draft.stop_requested = True
+    await audit_service.record(
+        session, agent=agent, action="draft.stop", target_type="draft", target_id=draft.id
+    )
+    await session.flush()
+    return draft
+
+
+async def finish_streaming_draft(
+    session: AsyncSession,
+    *,
+    draft: Draft,
+    text: str,
+    entry: FaqEntry | None,
+    engine: str,
+    why: dict[str, Any],
+    flags: list[dict[str, Any]],
+    prompt_version: str | None,
+    tokens_in: int | None,
+    tokens_out: int | None,
+    ttft_ms: float | None,
+    confidence: float | None,
+) -> Draft:
+    """The LLM finished (or was stopped): the draft becomes the conversation's pending draft."""
+    await _supersede_pending(session, conversation_id=draft.conversation_id)
+    draft.text = text
+    draft.status = DraftStatus.PENDING
+    draft.engine = engine
+    draft.why = why
+    draft.flags = flags
+    draft.prompt_version = prompt_version
+    draft.tokens_in, draft.tokens_out, draft.ttft_ms = tokens_in, tokens_out, ttft_ms
+    draft.confidence = confidence
+    if entry is not None:
+        draft.faq_entry_id, draft.faq_version = entry.id, entry.version
+    conversation = await get_conversation(session, conversation_id=draft.conversation_id)
+    conversation.needs_human = False
+    await session.flush()
+    await live_service.publish_conversation(
+        session,
+        conversation_id=draft.conversation_id,
+        kind="draft.new",
+        data={"draft_id": draft.id, "message_id": draft.message_id},
+    )
+    return draft
+
+
+async def drop_streaming_draft(session: AsyncSession, *, draft: Draft, reason: str) -> None:
+    """The LLM produced nothing usable: the streaming draft disappears (kept for the record)."""
+    await session.execute(
+        update(Draft)
+        .where(Draft.id == draft.id, Draft.status == DraftStatus.STREAMING)
+        .values(
+            status=DraftStatus.SUPERSEDED,
+            decided_at=utcnow(),
+            why={**draft.why, "dropped": reason},
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await live_service.publish_conversation(
+        session,
+        conversation_id=draft.conversation_id,
+        kind="draft.dropped",
+        data={"draft_id": draft.id, "reason": reason},
+    )
+
+
+async def streaming_draft(session: AsyncSession, *, conversation: Conversation) -> Draft | None:
+    return await session.scalar(
+        select(Draft)
+        .where(Draft.conversation_id == conversation.id, Draft.status == DraftStatus.STREAMING)
+        .order_by(Draft.id.desc())
+        .limit(1)
+    )

@@ -16,6 +16,18 @@ from frankly.errors import Invalid
 
 THRESHOLD = "draft_threshold"
 DEFAULT_LANGUAGE = "default_language"
+TONE_NOTES = "tone_notes"
+LLM = "llm"
+SECRET_CHECK = "secret_check"  # noqa: S105  (a setting name, not a secret)
+LLM_FIELDS = {
+    "base_url",
+    "model",
+    "api_key",
+    "timeout",
+    "max_tokens",
+    "temperature",
+    "requests_per_minute",
+}
 
 
 CACHE_SECONDS = 2.0
@@ -56,6 +68,10 @@ async def set_value(session: AsyncSession, *, key: str, value: Any, agent: Agent
     elif key == DEFAULT_LANGUAGE:
         if value not in get_settings().languages:
             raise Invalid(f"default_language must be one of {get_settings().languages}")
+    elif key == TONE_NOTES:
+        if not isinstance(value, str) or len(value) > 2000:
+            raise Invalid("tone_notes must be text of at most 2000 characters")
+        value = value.strip()
     else:
         raise Invalid(f"unknown desk setting {key!r}")
     _cache.pop(key, None)
@@ -76,3 +92,111 @@ async def set_value(session: AsyncSession, *, key: str, value: Any, agent: Agent
         detail={"key": key, "before": before, "after": value},
     )
     await session.flush()
+
+
+async def tone_notes(session: AsyncSession) -> str:
+    return str(await _get(session, TONE_NOTES) or "")
+
+
+async def ensure_secret_check(session: AsyncSession) -> None:
+    """Store the key-check value the first time a secret is saved."""
+    from frankly.crypto import box
+
+    if await session.get(DeskSetting, SECRET_CHECK) is None:
+        session.add(DeskSetting(key=SECRET_CHECK, value={"value": box().canary()}))
+        await session.flush()
+
+
+async def verify_secret_key(session: AsyncSession) -> None:
+    """Raise WrongSecretKey at start-up when stored secrets were written with another key."""
+    from frankly.crypto import box
+
+    row = await session.get(DeskSetting, SECRET_CHECK)
+    if row is not None:
+        box().check_canary(str(row.value.get("value", "")))
+
+
+async def llm_overrides(session: AsyncSession) -> dict[str, Any]:
+    """What an admin set for the LLM provider (the key stays encrypted here)."""
+    value = await _get(session, LLM)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+async def set_llm(
+    session: AsyncSession, *, values: dict[str, Any], agent: Agent | None
+) -> dict[str, Any]:
+    """Change the LLM provider settings; an empty string clears a field (back to FRANKLY_LLM_*).
+
+    The API key is encrypted at rest and never returned; the audit log records only that it
+    changed.
+    """
+    from frankly.crypto import box
+
+    unknown = set(values) - LLM_FIELDS
+    if unknown:
+        raise Invalid(f"unknown LLM setting(s): {', '.join(sorted(unknown))}")
+    current = await llm_overrides(session)
+    changed = []
+    for name, raw in values.items():
+        if raw is None:
+            continue
+        if raw == "":
+            if current.pop(name, None) is not None:
+                changed.append(name)
+            continue
+        if name == "base_url":
+            if not isinstance(raw, str) or not raw.startswith(("http://", "https://")):
+                raise Invalid("base_url must be an http:// or https:// URL")
+            raw = raw.rstrip("/")
+        elif name == "api_key":
+            await ensure_secret_check(session)
+            raw = box().encrypt(str(raw), purpose="llm")
+        elif name in {"timeout", "temperature"}:
+            raw = float(raw)
+        elif name in {"max_tokens", "requests_per_minute"}:
+            raw = int(raw)
+        current[name] = raw
+        changed.append(name)
+    row = await session.get(DeskSetting, LLM)
+    if row is None:
+        session.add(
+            DeskSetting(key=LLM, value={"value": current}, updated_by_id=agent and agent.id)
+        )
+    else:
+        row.value = {"value": current}
+        row.updated_at = utcnow()
+        row.updated_by_id = agent.id if agent else None
+    _cache.pop(LLM, None)
+    await audit_service.record(
+        session,
+        agent=agent,
+        action="settings.llm",
+        target_type="desk_setting",
+        detail={"changed": sorted(changed)},
+    )
+    await session.flush()
+    return current
+
+
+async def llm_config_values(session: AsyncSession) -> dict[str, Any] | None:
+    """The effective provider settings (admin overrides over FRANKLY_LLM_*), or None when no
+    provider is configured. Includes the decrypted key: for the writer only, never a response."""
+    from frankly.crypto import box
+
+    settings = get_settings()
+    over = await llm_overrides(session)
+    values: dict[str, Any] = {
+        "base_url": settings.llm_base_url,
+        "model": settings.llm_model,
+        "api_key": settings.llm_api_key,
+        "timeout": settings.llm_timeout,
+        "max_tokens": settings.llm_max_tokens,
+        "temperature": settings.llm_temperature,
+        "requests_per_minute": settings.llm_requests_per_minute,
+        "max_retries": settings.llm_max_retries,
+    }
+    for name, value in over.items():
+        values[name] = box().decrypt(value, purpose="llm") if name == "api_key" else value
+    if not values["base_url"] or not values["model"]:
+        return None
+    return values

@@ -14,7 +14,7 @@ from frankly.audit import service as audit_service
 from frankly.auth.models import Agent
 from frankly.config import get_settings
 from frankly.conversations import service as conversation_service
-from frankly.conversations.models import Conversation, Draft, DraftingState, Message
+from frankly.conversations.models import Conversation, Draft, DraftingState, DraftStatus, Message
 from frankly.db import utcnow
 from frankly.desk import service as desk_service
 from frankly.drafting.engine import (
@@ -143,8 +143,21 @@ async def _store(
     return None
 
 
+async def offline_outcome(
+    session: AsyncSession, *, message: Message, conversation: Conversation
+) -> tuple[DraftOutcome, LanguageChoice]:
+    """What the offline engine proposes for a message (nothing is stored)."""
+    return await _outcome_for(session, message=message, conversation=conversation)
+
+
 async def draft_for_message(session: AsyncSession, *, message_id: int) -> Draft | None:
-    """The drafting job's body: runs once per inbound message, whoever runs it and how often."""
+    """The drafting job's body: runs once per inbound message, whoever runs it and how often.
+
+    With an LLM provider configured and a plausible FAQ match, the LLM job takes over (it
+    streams its draft and falls back to this engine's answer when the provider fails).
+    """
+    from frankly.drafting import llm_jobs
+
     started = time.perf_counter()
     message = await conversation_service.get_message(session, message_id=message_id)
     if message.drafting != DraftingState.QUEUED:
@@ -156,6 +169,16 @@ async def draft_for_message(session: AsyncSession, *, message_id: int) -> Draft 
     outcome.why.setdefault("timings_ms", {})["total"] = round(
         (time.perf_counter() - started) * 1000, 3
     )
+    if llm_jobs.wants_llm(outcome) and await desk_service.llm_config_values(session) is not None:
+        await llm_jobs.enqueue_llm_draft(session, message=message)
+        return None
+    return await store_offline(session, message=message, outcome=outcome, language=language)
+
+
+async def store_offline(
+    session: AsyncSession, *, message: Message, outcome: DraftOutcome, language: LanguageChoice
+) -> Draft | None:
+    """Record the offline engine's draft or abstention, once per message."""
     state = DraftingState.DRAFTED if outcome.drafted else DraftingState.ABSTAINED
     if not await conversation_service.claim_drafting(
         session, message=message, state=state, language=language.code
@@ -169,7 +192,16 @@ async def draft_for_message(session: AsyncSession, *, message_id: int) -> Draft 
 
 
 async def regenerate(session: AsyncSession, *, agent: Agent, draft: Draft) -> Draft | None:
-    """Replace a pending draft with the engine's next-best proposal (not the current entry)."""
+    """Replace a pending draft with the engine's next-best proposal (not the current entry).
+
+    An LLM draft gets another LLM variant instead: it streams in and this returns None.
+    """
+    from frankly.drafting import llm_jobs
+
+    if draft.status == DraftStatus.PENDING and await llm_jobs.regenerate_with_llm(
+        session, agent=agent, draft=draft
+    ):
+        return None
     message = await conversation_service.get_message(session, message_id=draft.message_id)
     await conversation_service.supersede_draft(session, agent=agent, draft=draft)
     exclude: frozenset[str] = frozenset()

@@ -230,7 +230,124 @@ async def settings_page(
         languages=_languages(),
         disclosures=disclosure_texts(),
         table=await threshold_table(session),
+        tone_notes=await desk_service.tone_notes(session),
+        llm=await _llm_view(session),
     )
+
+
+async def _llm_view(session: SessionDep) -> dict[str, Any]:
+    """What the settings page shows of the LLM provider: never the key itself."""
+    from frankly.config import get_settings
+
+    settings = get_settings()
+    over = await desk_service.llm_overrides(session)
+    effective = await desk_service.llm_config_values(session)
+    return {
+        "base_url": over.get("base_url") or settings.llm_base_url,
+        "model": over.get("model") or settings.llm_model,
+        "key_set": bool(over.get("api_key") or settings.llm_api_key),
+        "timeout": over.get("timeout", settings.llm_timeout),
+        "max_tokens": over.get("max_tokens", settings.llm_max_tokens),
+        "temperature": over.get("temperature", settings.llm_temperature),
+        "requests_per_minute": over.get("requests_per_minute", settings.llm_requests_per_minute),
+        "configured": effective is not None,
+        "source": "settings" if over else ("environment" if effective else None),
+    }
+
+
+@router.post("/settings/llm", response_class=HTMLResponse)
+async def llm_settings_save(
+    request: Request,
+    session: SessionDep,
+    user: Admin,
+    base_url: Annotated[str, Form()] = "",
+    model: Annotated[str, Form()] = "",
+    api_key: Annotated[str, Form()] = "",
+    timeout: Annotated[float, Form(gt=0, le=300)] = 20.0,
+    max_tokens: Annotated[int, Form(ge=16, le=8192)] = 400,
+    temperature: Annotated[float, Form(ge=0, le=2)] = 0.3,
+    requests_per_minute: Annotated[int, Form(ge=1, le=100_000)] = 60,
+    tone_notes: Annotated[str, Form(max_length=2000)] = "",
+    clear_key: Annotated[bool, Form()] = False,
+) -> Response:
+    values: dict[str, Any] = {
+        "base_url": base_url.strip(),
+        "model": model.strip(),
+        "timeout": timeout,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "requests_per_minute": requests_per_minute,
+    }
+    if clear_key:
+        values["api_key"] = ""
+    elif api_key.strip():
+        values["api_key"] = api_key.strip()  # left empty: the stored key stays
+    await desk_service.set_llm(session, values=values, agent=user.agent)
+    await desk_service.set_value(
+        session, key=desk_service.TONE_NOTES, value=tone_notes, agent=user.agent
+    )
+    return RedirectResponse("/settings?saved=1", status_code=303)
+
+
+@router.get("/settings/channels", response_class=HTMLResponse)
+async def channels_page(
+    request: Request, session: SessionDep, user: Admin, saved: bool = False
+) -> Response:
+    from frankly.channels import accounts
+    from frankly.channels.models import ChannelKind
+    from frankly.outbox import service as outbox_service
+
+    rows = []
+    for account in await accounts.list_accounts(session):
+        rows.append(
+            {
+                "account": account,
+                "secrets_set": sorted(accounts.secrets_of(account)),
+                "fields": accounts.FORM_FIELDS[account.kind],
+                "secret_fields": sorted(accounts.SECRET_FIELDS[account.kind]),
+            }
+        )
+    kinds = [k for k in ChannelKind if k != ChannelKind.API]
+    return render(
+        request,
+        "channels.html",
+        user,
+        nav="settings",
+        saved=saved,
+        rows=rows,
+        kinds=kinds,
+        form_fields={k.value: accounts.FORM_FIELDS[k] for k in kinds},
+        secret_fields={k.value: sorted(accounts.SECRET_FIELDS[k]) for k in kinds},
+        outbox=await outbox_service.counts(session),
+    )
+
+
+@router.post("/settings/channels", response_class=HTMLResponse)
+async def channels_save(request: Request, session: SessionDep, user: Admin) -> Response:
+    from frankly.channels import accounts
+    from frankly.channels.models import ChannelKind
+
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    try:
+        kind = ChannelKind(form.get("kind", ""))
+    except ValueError:
+        raise Invalid("kind must be one of bybit, email, widget") from None
+    account = None
+    if form.get("account_id"):
+        account = await accounts.get_account(session, account_id=int(form["account_id"]))
+        if account.kind != kind:
+            raise Invalid("an account's kind cannot change")
+    await accounts.save_account(
+        session,
+        agent=user.agent,
+        kind=kind,
+        name=form.get("name", ""),
+        settings=accounts.coerce_form(kind, form),
+        secrets={name: form.get(name, "") for name in accounts.SECRET_FIELDS[kind]},
+        enabled=form.get("enabled") == "on",
+        account=account,
+    )
+    return RedirectResponse("/settings/channels?saved=1", status_code=303)
 
 
 @router.post("/settings", response_class=HTMLResponse)

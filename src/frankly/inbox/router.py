@@ -24,7 +24,8 @@ from frankly.conversations import service as conversation_service
 from frankly.conversations.models import Conversation, ConversationStatus, DraftStatus
 from frankly.conversations.service import ConversationFilters
 from frankly.db import SessionDep
-from frankly.drafting import disclosure
+from frankly.desk import service as desk_service
+from frankly.drafting import disclosure, llm_jobs
 from frankly.drafting import service as drafting_service
 from frankly.errors import FranklyError, Invalid
 from frankly.inbox.web import User, is_htmx, render, safe_next
@@ -250,6 +251,7 @@ async def _pane_context(
     messages = await conversation_service.list_messages(session, conversation=conversation)
     drafts = await conversation_service.list_drafts(session, conversation=conversation)
     pending = next((d for d in reversed(drafts) if d.status == DraftStatus.PENDING), None)
+    streaming = next((d for d in reversed(drafts) if d.status == DraftStatus.STREAMING), None)
     agents = await _agent_names(session)
     entry_slugs = await knowledge_service.slugs_by_id(
         session, ids={d.faq_entry_id for d in drafts if d.faq_entry_id}
@@ -265,6 +267,8 @@ async def _pane_context(
         "contact": contact,
         "messages": messages,
         "pending": pending,
+        "streaming": streaming,
+        "llm_enabled": await desk_service.llm_config_values(session) is not None,
         "preview": preview,
         "agents": agents,
         "entry_slugs": entry_slugs,
@@ -450,8 +454,50 @@ async def discard(request: Request, draft_id: int, session: SessionDep, user: Us
 async def regenerate(request: Request, draft_id: int, session: SessionDep, user: User) -> Response:
     draft = await conversation_service.get_draft(session, draft_id=draft_id)
     new = await drafting_service.regenerate(session, agent=user.agent, draft=draft)
-    toast = "New draft" if new else "No other FAQ entry fits: see the suggestions"
+    if new is None and draft.engine == "llm" and draft.status == DraftStatus.SUPERSEDED:
+        toast = "Writing another variant…"
+    else:
+        toast = "New draft" if new else "No other FAQ entry fits: see the suggestions"
     return await _pane(request, session, user, draft.conversation_id, toast=toast)
+
+
+@router.post("/inbox/d/{draft_id}/stop", response_class=HTMLResponse)
+async def stop(request: Request, draft_id: int, session: SessionDep, user: User) -> Response:
+    draft = await conversation_service.get_draft(session, draft_id=draft_id)
+    await conversation_service.request_stop(session, agent=user.agent, draft=draft)
+    return await _pane(request, session, user, draft.conversation_id, toast="Stopping…")
+
+
+@router.post("/inbox/d/{draft_id}/rewrite", response_class=HTMLResponse)
+async def rewrite(
+    request: Request,
+    draft_id: int,
+    session: SessionDep,
+    user: User,
+    kind: Annotated[str, Form()],
+    text: Annotated[str | None, Form()] = None,
+) -> Response:
+    draft = await conversation_service.get_draft(session, draft_id=draft_id)
+    await llm_jobs.request_rewrite(session, agent=user.agent, draft=draft, kind=kind, text=text)
+    labels = {
+        "shorter": "Shortening",
+        "formal": "Making it more formal",
+        "translate": "Translating",
+    }
+    return await _pane(
+        request, session, user, draft.conversation_id, toast=f"{labels.get(kind, kind)}…"
+    )
+
+
+@router.post("/inbox/m/{message_id}/retry", response_class=HTMLResponse)
+async def retry_delivery(
+    request: Request, message_id: int, session: SessionDep, user: User
+) -> Response:
+    from frankly.outbox import service as outbox_service
+
+    message = await conversation_service.get_message(session, message_id=message_id)
+    await outbox_service.retry(session, agent=user.agent, message=message)
+    return await _pane(request, session, user, message.conversation_id, toast="Retrying delivery")
 
 
 @router.post("/inbox/c/{conversation_id}/use-faq", response_class=HTMLResponse)

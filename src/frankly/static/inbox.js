@@ -83,6 +83,14 @@
     if (e.topic === "inbox") refresh("conversation-list", 300);
     var pane = document.getElementById("conversation-pane");
     var open = pane && pane.dataset.conversationId;
+    // The assistant's draft as it is written: replace the text in place, no reload.
+    if (e.kind === "draft.delta" && e.data) {
+      var box = document.getElementById("streaming-text");
+      if (box && box.dataset.draftId === String(e.data.draft_id)) {
+        box.textContent = e.data.text;
+        return;
+      }
+    }
     if (open && e.topic === "conversation:" + open) {
       if (editing()) {
         // Never reload under the agent's cursor: keep the edit, and block sending if someone

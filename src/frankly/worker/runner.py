@@ -21,6 +21,8 @@ from frankly.worker import service as worker_service
 log = logging.getLogger("frankly.worker")
 
 HOUSEKEEPING_SECONDS = 600.0
+# Jobs that wait on an outside provider (an LLM): run by their own loops.
+SLOW_JOBS = frozenset({"llm_draft", "llm_rewrite"})
 Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 HANDLERS: dict[str, Handler] = {}
 
@@ -36,7 +38,8 @@ def job(name: str) -> Callable[[Handler], Handler]:
 
 
 def load_handlers() -> None:
-    import frankly.drafting.jobs  # noqa: F401  (registers its handlers)
+    import frankly.drafting.jobs
+    import frankly.drafting.llm_jobs  # noqa: F401
 
 
 class Worker:
@@ -51,6 +54,7 @@ class Worker:
         lease_seconds: int = 120,
         name: str | None = None,
         batch: int = 8,
+        slow_concurrency: int = 2,
     ) -> None:
         load_handlers()
         self.database = database
@@ -58,6 +62,7 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
         self.batch = batch
+        self.slow_concurrency = slow_concurrency
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._deliver = asyncio.Event()
@@ -77,6 +82,12 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._loop(n), name=f"frankly-worker-{n}")
             for n in range(self.concurrency)
+        ]
+        # LLM jobs wait on a provider for seconds: their own loops, so a slow provider never
+        # holds up offline drafting or other conversations.
+        self._tasks += [
+            asyncio.create_task(self._loop(n, only=SLOW_JOBS), name=f"frankly-llm-{n}")
+            for n in range(self.concurrency, self.concurrency + self.slow_concurrency)
         ]
         self._tasks.append(asyncio.create_task(self._delivery_loop(), name="frankly-delivery"))
         self._pollers = Pollers(self.database, owner=self.id, on_new=self.wake)
@@ -135,7 +146,7 @@ class Worker:
             await live_service.prune(session, older_than_days=get_settings().event_retention_days)
             await session.commit()
 
-    async def _loop(self, n: int) -> None:
+    async def _loop(self, n: int, only: frozenset[str] | None = None) -> None:
         worker_id = f"{self.id}/{n}"
         next_housekeeping = 0.0
         while not self._stop.is_set():
@@ -146,7 +157,7 @@ class Worker:
                 except Exception:
                     log.warning("worker %s: housekeeping failed", worker_id, exc_info=True)
             try:
-                ran = await self.run_once(worker_id)
+                ran = await self.run_once(worker_id, only=only)
             except Exception:  # the loop must survive a database hiccup
                 log.exception("worker %s: claim failed", worker_id)
                 ran = 0
@@ -156,12 +167,22 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
 
-    async def run_once(self, worker_id: str | None = None) -> int:
-        """Claim up to `batch` due jobs and run them one by one; returns how many ran."""
+    async def run_once(
+        self, worker_id: str | None = None, *, only: frozenset[str] | None = None
+    ) -> int:
+        """Claim up to `batch` due jobs and run them one by one; returns how many ran.
+
+        `only` limits the claim to those job names; without it, slow (LLM) jobs are left to
+        their own loops unless this worker has none (drain in tests and the CLI)."""
         worker_id = worker_id or self.id
         async with self.database.writing(), self.database.sessionmaker() as session:
             jobs = await worker_service.claim(
-                session, worker_id=worker_id, lease_seconds=self.lease_seconds, limit=self.batch
+                session,
+                worker_id=worker_id,
+                lease_seconds=self.lease_seconds,
+                limit=1 if only else self.batch,
+                names=only,
+                exclude=SLOW_JOBS if only is None and self._tasks else (),
             )
             await session.commit()
         for claimed in jobs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +24,13 @@ async def enqueue(
 
 
 async def claim(
-    session: AsyncSession, *, worker_id: str, lease_seconds: int, limit: int = 1
+    session: AsyncSession,
+    *,
+    worker_id: str,
+    lease_seconds: int,
+    limit: int = 1,
+    names: Collection[str] | None = None,
+    exclude: Collection[str] = (),
 ) -> list[Job]:
     """Take due jobs (or jobs whose lease expired) for this worker; commit right after.
 
@@ -44,6 +51,10 @@ async def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+    if names is not None:
+        candidates = candidates.where(Job.name.in_(list(names)))
+    if exclude:
+        candidates = candidates.where(Job.name.not_in(list(exclude)))
     ids = list((await session.scalars(candidates)).all())
     if not ids:
         return []

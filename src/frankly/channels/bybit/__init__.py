@@ -1,0 +1,1 @@
+"""Bybit P2P order chats: each pending order's chat is a conversation."""
