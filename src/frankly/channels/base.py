@@ -38,6 +38,9 @@ class InboundMessage:
     # Stored and shown but never drafted for (auto-replies, bounces).
     skip_drafting: bool = False
     skip_reason: str | None = None
+    # Provider ids this message refers to (email In-Reply-To/References): when one of them is a
+    # message Frankly already has, the message joins that message's conversation.
+    thread_refs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,10 +78,24 @@ async def ingest_inbound(
         kept.append(attachment)
     if not text and not kept and not inbound.system:
         text = "(empty message)"
+    conversation_external_id = inbound.conversation_external_id
+    if inbound.thread_refs:
+        known = await session.scalar(
+            select(Conversation.external_id)
+            .join(Message, Message.conversation_id == Conversation.id)
+            .where(
+                Message.channel == channel,
+                Message.channel_message_id.in_(inbound.thread_refs[-50:]),
+            )
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+        if known is not None:
+            conversation_external_id = known
     result = await conversation_service.ingest(
         session,
         channel=channel,
-        conversation_external_id=inbound.conversation_external_id,
+        conversation_external_id=conversation_external_id,
         message_external_id=inbound.message_external_id,
         text=text or "(attachment)",
         contact_external_id=inbound.contact_external_id,
