@@ -189,6 +189,9 @@ def demo(
     console.print(
         f"  agent: {login.agent_email}  password: {login.agent_password}", highlight=False
     )
+    console.print(
+        f"  customer chat: http://{settings.host}:{settings.port}/chat/demo", highlight=False
+    )
     if settings.is_sqlite:
         target = Path("var/demo-login.txt")
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -141,6 +141,10 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+                if b"content-security-policy" in present:
+                    # A page with its own CSP (the customer chat sets frame-ancestors for the
+                    # merchant's site) must not be contradicted by the default X-Frame-Options.
+                    extra = [(n, v) for n, v in extra if n != b"x-frame-options"]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
@@ -166,19 +170,28 @@ async def check_schema(url: str) -> None:
 async def prepare_database(db: Database, settings: Settings) -> None:
     """Start-up checks that need the data: the secret key opens the stored secrets, and the
     channel accounts FRANKLY_* variables describe exist. Raises SchemaNotReady with one line."""
+    from sqlalchemy.exc import DBAPIError
+
     from frankly.channels import accounts
     from frankly.crypto import WrongSecretKey
     from frankly.desk import service as desk_service
 
-    async with db.writing(), db.sessionmaker() as session:
-        try:
-            await desk_service.verify_secret_key(session)
-            await accounts.sync_env_accounts(session, settings=settings)
-        except WrongSecretKey as exc:
-            raise SchemaNotReady(f"FRANKLY_SECRET_KEY: {exc}") from None
-        except FranklyError as exc:
-            raise SchemaNotReady(f"channel settings from the environment: {exc.message}") from None
-        await session.commit()
+    try:
+        async with db.writing(), db.sessionmaker() as session:
+            try:
+                await desk_service.verify_secret_key(session)
+                await accounts.sync_env_accounts(session, settings=settings)
+            except WrongSecretKey as exc:
+                raise SchemaNotReady(f"FRANKLY_SECRET_KEY: {exc}") from None
+            except FranklyError as exc:
+                raise SchemaNotReady(
+                    f"channel settings from the environment: {exc.message}"
+                ) from None
+            await session.commit()
+    except (OSError, DBAPIError) as exc:
+        # The database is down at start: serve anyway (/healthz says 503) and check later;
+        # `frankly serve` runs these checks first and refuses to start on a wrong key.
+        log.warning("start-up checks skipped, database unreachable: %s", exc)
 
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> FastAPI:

@@ -12,6 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly.auth import service as auth_service
+from frankly.channels import accounts as channel_accounts
+from frankly.channels.models import ChannelKind
 from frankly.conversations import service as conversation_service
 from frankly.drafting import service as drafting_service
 from frankly.knowledge import service as knowledge_service
@@ -21,6 +23,7 @@ from frankly.knowledge.models import FaqEntry
 DEMO_DIR = Path(__file__).resolve().parent
 ADMIN_EMAIL = "admin@frankly.local"
 AGENT_EMAIL = "anna@frankly.local"
+DEMO_WIDGET = "demo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,16 @@ async def load_demo(session: AsyncSession, *, password: str | None = None) -> De
     if await auth_service.get_agent_by_email(session, email=AGENT_EMAIL) is None:
         await auth_service.create_agent(
             session, email=AGENT_EMAIL, password=agent_password, name="Anna"
+        )
+    if await channel_accounts.find_account(session, name=DEMO_WIDGET) is None:
+        # The customer chat page of the demo desk: /chat/demo
+        await channel_accounts.save_account(
+            session,
+            agent=admin,
+            kind=ChannelKind.WIDGET,
+            name=DEMO_WIDGET,
+            settings={"title": "Frankly demo desk", "greeting": "Ask us about your order."},
+            secrets={},
         )
     entries = read_faq_file(DEMO_DIR / "faq.yaml")
     await knowledge_service.import_entries(session, entries=entries, agent=admin)

@@ -14,7 +14,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from email.header import Header, decode_header, make_header
-from email.message import Message
+from email.message import Message as MailMessage
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 from html.parser import HTMLParser
 from typing import Any
@@ -79,7 +79,7 @@ def decode_header_value(value: Any) -> str:
     return " ".join(text.split())
 
 
-def _header(msg: Message, name: str) -> str:
+def _header(msg: MailMessage, name: str) -> str:
     try:
         value = msg.get(name)
     except Exception:
@@ -89,7 +89,7 @@ def _header(msg: Message, name: str) -> str:
     return decode_header_value(value) if value is not None else ""
 
 
-def _raw_header(msg: Message, name: str) -> str:
+def _raw_header(msg: MailMessage, name: str) -> str:
     """The header undecoded (addresses and ids must be split before RFC 2047 decoding)."""
     try:
         value = msg.get(name)
@@ -123,7 +123,7 @@ def _ids(value: str) -> list[str]:
     return out
 
 
-def thread_ids(msg: Message | bytes) -> list[str]:
+def thread_ids(msg: MailMessage | bytes) -> list[str]:
     """Every message id this mail refers to (References oldest first, then In-Reply-To), so
     the runner can attach a reply to a thread it already knows under any of them."""
     if isinstance(msg, bytes):
@@ -299,7 +299,7 @@ def trim_quoted(text: str) -> str:
     return result or text.strip()
 
 
-def _payload_text(part: Message) -> str:
+def _payload_text(part: MailMessage) -> str:
     try:
         payload = part.get_payload(decode=True)
     except Exception:
@@ -314,7 +314,7 @@ def _payload_text(part: Message) -> str:
     return _decode_bytes(payload, charset)
 
 
-def _payload_bytes(part: Message) -> bytes:
+def _payload_bytes(part: MailMessage) -> bytes:
     try:
         data = part.get_payload(decode=True)
     except Exception:  # a transfer encoding too broken to decode: treat as empty
@@ -322,7 +322,7 @@ def _payload_bytes(part: Message) -> bytes:
     return data if isinstance(data, bytes) else b""
 
 
-def _is_attachment(part: Message) -> bool:
+def _is_attachment(part: MailMessage) -> bool:
     try:
         disposition = (part.get_content_disposition() or "").lower()
     except Exception:
@@ -330,7 +330,7 @@ def _is_attachment(part: Message) -> bool:
     return disposition == "attachment"
 
 
-def _body_text(msg: Message) -> str:
+def _body_text(msg: MailMessage) -> str:
     plain: str | None = None
     html: str | None = None
     for part in msg.walk():
@@ -350,7 +350,7 @@ def _body_text(msg: Message) -> str:
     return ""
 
 
-def _filename(part: Message) -> str | None:
+def _filename(part: MailMessage) -> str | None:
     try:
         name = part.get_filename()
     except Exception:
@@ -360,7 +360,7 @@ def _filename(part: Message) -> str | None:
     return decode_header_value(name).replace("/", "_").replace("\\", "_")[:200] or None
 
 
-def _attachments(msg: Message) -> list[InboundAttachment]:
+def _attachments(msg: MailMessage) -> list[InboundAttachment]:
     """Images and PDFs (also pasted inline images); other files are not kept by Frankly."""
     out: list[InboundAttachment] = []
     for part in msg.walk():
@@ -386,7 +386,7 @@ def _attachments(msg: Message) -> list[InboundAttachment]:
 # --- auto-replies and bounces ------------------------------------------------------------
 
 
-def auto_reply_reason(msg: Message) -> str | None:
+def auto_reply_reason(msg: MailMessage) -> str | None:
     """Why this mail is machine-generated (auto-reply, bounce, bulk), or None for a person."""
     try:
         return _auto_reply_reason(msg)
@@ -394,7 +394,7 @@ def auto_reply_reason(msg: Message) -> str | None:
         return None
 
 
-def _auto_reply_reason(msg: Message) -> str | None:
+def _auto_reply_reason(msg: MailMessage) -> str | None:
     auto = _header(msg, "Auto-Submitted").split(";")[0].strip().lower()
     if auto and auto != "no":
         return f"auto-submitted: {auto}"
@@ -418,7 +418,7 @@ def _auto_reply_reason(msg: Message) -> str | None:
 # --- the message -------------------------------------------------------------------------
 
 
-def _date(msg: Message) -> datetime | None:
+def _date(msg: MailMessage) -> datetime | None:
     value = _header(msg, "Date")
     if not value:
         return None
@@ -429,7 +429,7 @@ def _date(msg: Message) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _sender(msg: Message) -> tuple[str | None, str | None]:
+def _sender(msg: MailMessage) -> tuple[str | None, str | None]:
     raw = _raw_header(msg, "From")
     try:
         pairs = getaddresses([raw])
@@ -447,7 +447,7 @@ def parse_message(raw: bytes) -> InboundMessage:
     try:
         msg = email.message_from_bytes(raw)
     except Exception:  # the stdlib parser is forgiving; this is a last resort
-        msg = Message()
+        msg = MailMessage()
         msg.set_payload(raw.decode("utf-8", errors="replace"))
     own_id = normalise_message_id(_raw_header(msg, "Message-ID"))
     if own_id is None:
