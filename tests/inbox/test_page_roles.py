@@ -75,6 +75,50 @@ def _new_entry() -> Prepare:
     return prepare
 
 
+async def _streaming(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+    from frankly.conversations import service as conversation_service
+    from frankly.db import commit
+
+    accepted = await post_inbound(client, desk, "hello?", conversation_id=f"ps-{key()[:8]}")
+    async with desk.db.sessionmaker() as session:
+        message = await conversation_service.get_message(session, message_id=accepted["message_id"])
+        draft = await conversation_service.start_streaming_draft(
+            session, message=message, language="en", entry=None, confidence=None, why={}
+        )
+        await commit(session)
+    return f"/inbox/d/{draft.id}/stop", {}
+
+
+async def _failed_reply(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+    from sqlalchemy import update
+
+    from frankly.db import commit
+    from frankly.outbox.models import OutboxItem
+
+    accepted = await post_inbound(client, desk, "hello?", conversation_id=f"pf-{key()[:8]}")
+    sent = await client.post(
+        f"/api/v1/conversations/{accepted['conversation_id']}/replies",
+        json={"text": "Hi", "idempotency_key": key()},
+        headers=desk.as_admin(),
+    )
+    message_id = sent.json()["message"]["id"]
+    async with desk.db.sessionmaker() as session:
+        await session.execute(
+            update(OutboxItem).where(OutboxItem.message_id == message_id).values(status="failed")
+        )
+        await commit(session)
+    return f"/inbox/m/{message_id}/retry", {}
+
+
+def _new_widget() -> Prepare:
+    async def prepare(client: httpx.AsyncClient, desk: Desk) -> tuple[str, dict[str, Any]]:
+        return "/settings/channels", {
+            "data": {"kind": "widget", "name": f"w-{key()[:8]}", "title": "Help", "enabled": "on"}
+        }
+
+    return prepare
+
+
 # (method, path template) -> (prepare, {role: expected status}); 303 = redirect.
 REDIRECT = 303
 PAGES: dict[tuple[str, str], tuple[Prepare, dict[str, int]]] = {
@@ -126,6 +170,16 @@ PAGES: dict[tuple[str, str], tuple[Prepare, dict[str, int]]] = {
         on_draft("/regenerate"),
         {ANON: REDIRECT, AGENT: 200, ADMIN: 200},
     ),
+    ("POST", "/inbox/d/{draft_id}/stop"): (_streaming, {ANON: REDIRECT, AGENT: 200, ADMIN: 200}),
+    # No LLM provider in this table: a rewrite is refused with a clear 422.
+    ("POST", "/inbox/d/{draft_id}/rewrite"): (
+        on_draft("/rewrite", kind="shorter"),
+        {ANON: REDIRECT, AGENT: 422, ADMIN: 422},
+    ),
+    ("POST", "/inbox/m/{message_id}/retry"): (
+        _failed_reply,
+        {ANON: REDIRECT, AGENT: 200, ADMIN: 200},
+    ),
     ("GET", "/faq"): (fixed("/faq"), {ANON: REDIRECT, AGENT: 200, ADMIN: 200}),
     ("GET", "/faq/{slug}"): (fixed("/faq/working-hours"), {ANON: REDIRECT, AGENT: 200, ADMIN: 200}),
     ("GET", "/faq/new"): (fixed("/faq/new"), {ANON: REDIRECT, AGENT: 403, ADMIN: 200}),
@@ -150,6 +204,15 @@ PAGES: dict[tuple[str, str], tuple[Prepare, dict[str, int]]] = {
         fixed("/settings", data={"draft_threshold": "0.7", "default_language": "en"}),
         {ANON: REDIRECT, AGENT: 403, ADMIN: REDIRECT},
     ),
+    ("POST", "/settings/llm"): (
+        fixed("/settings/llm", data={"model": "", "base_url": "", "tone_notes": "Be brief."}),
+        {ANON: REDIRECT, AGENT: 403, ADMIN: REDIRECT},
+    ),
+    ("GET", "/settings/channels"): (
+        fixed("/settings/channels"),
+        {ANON: REDIRECT, AGENT: 403, ADMIN: 200},
+    ),
+    ("POST", "/settings/channels"): (_new_widget(), {ANON: REDIRECT, AGENT: 403, ADMIN: REDIRECT}),
     ("GET", "/admin"): (fixed("/admin"), {ANON: REDIRECT, AGENT: 403, ADMIN: 200}),
     ("POST", "/admin/agents"): (
         fixed("/admin/agents", data={"email": "", "password": "long-enough"}),
@@ -170,7 +233,8 @@ def page_routes(app: FastAPI) -> set[tuple[str, str]]:
     return {
         (method, path)
         for method, path in _walk(list(app.routes))
-        if not path.startswith(("/api/", "/static"))
+        # The customer chat (/chat, /widget) is public by design: tests/channels/test_widget.py.
+        if not path.startswith(("/api/", "/static", "/chat/", "/widget/"))
         and path not in {"/healthz", "/metrics"}
         and method != "HEAD"
     }

@@ -5,6 +5,7 @@ Pages consume the domain services (the same send gate as the API); HTMX swaps pa
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -344,7 +345,8 @@ async def _pane(
         request, "_conversation.html", user, **await _pane_context(session, user, conversation)
     )
     if toast:
-        response.headers["HX-Trigger"] = '{"frankly:toast": "' + toast.replace('"', "'") + '"}'
+        # ASCII JSON: header values are latin-1, toasts may be any text.
+        response.headers["HX-Trigger"] = json.dumps({"frankly:toast": toast})
     if not is_htmx(request):
         return RedirectResponse(f"/inbox/c/{conversation_id}", status_code=303)
     return response
