@@ -20,11 +20,14 @@ from frankly.channels import service as channel_service
 from frankly.channels.base import PollingChannel
 from frankly.channels.models import ChannelAccount
 from frankly.channels.registry import REGISTRY
-from frankly.config import get_settings
 from frankly.db import Database, commit, utcnow
 
 log = logging.getLogger("frankly.channels")
 RESCAN_SECONDS = 15.0
+# A poll lease is renewed before every poll; a crashed poller's lease expires after this. Two
+# pollers overlapping after a very slow poll would be harmless: ingest dedupes on provider ids.
+LEASE_SECONDS = 20.0
+LEASE_RETRY_SECONDS = 2.0
 
 
 async def take_lease(
@@ -107,6 +110,15 @@ class Pollers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        # A clean stop hands the accounts over at once (a crash waits for LEASE_SECONDS).
+        with contextlib.suppress(Exception):
+            async with self.database.writing(), self.database.sessionmaker() as session:
+                await session.execute(
+                    update(ChannelAccount)
+                    .where(ChannelAccount.poll_locked_by == self.owner)
+                    .values(poll_locked_by=None, poll_locked_until=None)
+                )
+                await session.commit()
 
     async def _supervise(self) -> None:
         while not self._stop.is_set():
@@ -136,13 +148,13 @@ class Pollers:
     async def _poll_loop(self, account_id: int) -> None:
         failures = 0
         while not self._stop.is_set():
-            lease = max(get_settings().job_lease_seconds, 30)
             account = await take_lease(
-                self.database, account_id=account_id, owner=self.owner, seconds=lease
+                self.database, account_id=account_id, owner=self.owner, seconds=LEASE_SECONDS
             )
             if account is None:
-                # Another instance polls it (or it was disabled): check again later.
-                await asyncio.sleep(RESCAN_SECONDS)
+                # Another instance polls it (or a crashed one held it: its lease runs out within
+                # LEASE_SECONDS), or it was disabled: look again soon.
+                await asyncio.sleep(LEASE_RETRY_SECONDS)
                 continue
             channel = await REGISTRY.for_account(account)
             if not isinstance(channel, PollingChannel):

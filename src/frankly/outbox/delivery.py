@@ -1,11 +1,18 @@
-"""The delivery loop body: claim due outbox items, hand each to its channel, record the result."""
+"""The delivery loop body: claim due outbox items, hand each to its channel, record the results.
+
+One round: one claiming transaction, one read session to prepare every item, then the channel
+calls concurrently and outside any transaction, each result recorded as soon as it is known.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
-from frankly.channels.base import DeliveryError, OutboundMessage
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from frankly.channels.base import Channel, DeliveryError, OutboundMessage
 from frankly.channels.registry import REGISTRY
 from frankly.db import Database, commit
 from frankly.drafting import disclosure
@@ -16,8 +23,17 @@ log = logging.getLogger("frankly.outbox")
 ATTEMPT_TIMEOUT_SECONDS = 60.0
 
 
+@dataclass(slots=True)
+class _Attempt:
+    item: OutboxItem
+    channel: Channel | None = None
+    outbound: OutboundMessage | None = None
+    error: str | None = None
+    permanent: bool = False
+
+
 async def deliver_due(
-    database: Database, *, worker_id: str, lease_seconds: int = 120, limit: int = 8
+    database: Database, *, worker_id: str, lease_seconds: int = 120, limit: int = 16
 ) -> int:
     """One round: returns how many items were attempted."""
     async with database.writing(), database.sessionmaker() as session:
@@ -27,48 +43,68 @@ async def deliver_due(
         await session.commit()
     if not items:
         return 0
-    await asyncio.gather(*(_attempt(database, item) for item in items))
+    async with database.sessionmaker() as session:
+        attempts = [await _prepare(session, item) for item in items]
+    await asyncio.gather(*(_send_and_record(database, attempt) for attempt in attempts))
     return len(items)
 
 
-async def _attempt(database: Database, item: OutboxItem) -> None:
-    error: str | None = None
-    permanent = False
-    try:
-        async with database.sessionmaker() as session:
-            loaded = await outbox_service.load(session, item=item)
-            channel, _ = await REGISTRY.for_conversation(
-                session,
-                channel=loaded.conversation.channel,
-                account_id=item.account_id or loaded.conversation.channel_account_id,
-            )
-            message = loaded.message
-            outbound = OutboundMessage(
-                message_id=message.id,
-                conversation_external_id=loaded.conversation.external_id,
-                channel_key=item.channel_key,
-                text=message.text,
-                body_text=message.body_text or message.text,
-                origin=message.origin.value if message.origin else "human_written",
-                disclosure=disclosure.text_of(message.disclosure_id, message.language),
-                language=message.language,
-                context=dict(loaded.conversation.context),
-                contact_external_id=loaded.contact.external_id if loaded.contact else None,
-                contact_name=loaded.contact.display_name if loaded.contact else None,
-                thread_ids=tuple(loaded.thread_ids),
-            )
-        await asyncio.wait_for(channel.deliver(outbound), timeout=ATTEMPT_TIMEOUT_SECONDS)
-    except DeliveryError as exc:
-        error, permanent = str(exc), exc.permanent
-    except TimeoutError:
-        error = f"the channel did not answer within {ATTEMPT_TIMEOUT_SECONDS:.0f} s"
-    except Exception as exc:  # a channel bug must not kill the loop; the item is retried
-        log.exception("delivery of outbox item %s crashed", item.id)
-        error = f"{type(exc).__name__}: {exc}"
+async def _send_and_record(database: Database, attempt: _Attempt) -> None:
+    """Each result is recorded as soon as it is known: a slow provider call never holds back
+    the "delivered" of the others (nor loses it if the process dies meanwhile)."""
+    await _send(attempt)
     async with database.writing(), database.sessionmaker() as session:
-        if error is None:
-            await outbox_service.mark_delivered(session, item=item)
+        if attempt.error is None:
+            await outbox_service.mark_delivered(session, item=attempt.item)
         else:
-            log.warning("delivery of message %s failed: %s", item.message_id, error)
-            await outbox_service.mark_failed(session, item=item, error=error, permanent=permanent)
+            log.warning("delivery of message %s failed: %s", attempt.item.message_id, attempt.error)
+            await outbox_service.mark_failed(
+                session, item=attempt.item, error=attempt.error, permanent=attempt.permanent
+            )
         await commit(session)
+
+
+async def _prepare(session: AsyncSession, item: OutboxItem) -> _Attempt:
+    attempt = _Attempt(item)
+    try:
+        loaded = await outbox_service.load(session, item=item)
+        attempt.channel, _ = await REGISTRY.for_conversation(
+            session,
+            channel=loaded.conversation.channel,
+            account_id=item.account_id or loaded.conversation.channel_account_id,
+        )
+        message = loaded.message
+        attempt.outbound = OutboundMessage(
+            message_id=message.id,
+            conversation_external_id=loaded.conversation.external_id,
+            channel_key=item.channel_key,
+            text=message.text,
+            body_text=message.body_text or message.text,
+            origin=message.origin.value if message.origin else "human_written",
+            disclosure=disclosure.text_of(message.disclosure_id, message.language),
+            language=message.language,
+            context=dict(loaded.conversation.context),
+            contact_external_id=loaded.contact.external_id if loaded.contact else None,
+            contact_name=loaded.contact.display_name if loaded.contact else None,
+            thread_ids=tuple(loaded.thread_ids),
+        )
+    except Exception as exc:  # e.g. undecryptable secrets: recorded, retried, never a crash
+        log.exception("preparing outbox item %s failed", item.id)
+        attempt.error = f"{type(exc).__name__}: {exc}"
+    return attempt
+
+
+async def _send(attempt: _Attempt) -> None:
+    if attempt.channel is None or attempt.outbound is None:
+        return
+    try:
+        await asyncio.wait_for(
+            attempt.channel.deliver(attempt.outbound), timeout=ATTEMPT_TIMEOUT_SECONDS
+        )
+    except DeliveryError as exc:
+        attempt.error, attempt.permanent = str(exc), exc.permanent
+    except TimeoutError:
+        attempt.error = f"the channel did not answer within {ATTEMPT_TIMEOUT_SECONDS:.0f} s"
+    except Exception as exc:  # a channel bug must not kill the loop; the item is retried
+        log.exception("delivery of outbox item %s crashed", attempt.item.id)
+        attempt.error = f"{type(exc).__name__}: {exc}"
