@@ -99,9 +99,10 @@ async def save_account(
     from frankly.channels.registry import REGISTRY
 
     try:
-        REGISTRY.build(account)
+        probe = REGISTRY.build(account)
     except (KeyError, ValueError, TypeError) as exc:
         raise Invalid(f"{kind.value} channel {name!r}: {exc}") from exc
+    await probe.aclose()
     await audit_service.record(
         session,
         agent=agent,

@@ -11,7 +11,7 @@ from frankly.channels.base import ContextUpdate, InboundAttachment, InboundMessa
 from frankly.conversations import service as conversation_service
 from frankly.conversations.models import Attachment, Conversation, DraftingState, Message
 from frankly.drafting import service as drafting_service
-from frankly.errors import Invalid
+from frankly.errors import Invalid, TooLarge
 from frankly.live import service as live_service
 from frankly.textutil import clean_text
 
@@ -54,6 +54,25 @@ def sniff_content_type(data: bytes, declared: str) -> str:
     return declared
 
 
+def provider_text(text: str, *, limit_bytes: int) -> str:
+    """A provider's text as stored: cleaned, and cut (saying so) past the size limit. Never
+    raises: one long or blank message must not fail the poll and stall its mailbox or chat."""
+    try:
+        return clean_text(text, limit_bytes=limit_bytes) if text else ""
+    except TooLarge:
+        pass
+    except Invalid:  # nothing left once cleaned (blank, only control characters)
+        return ""
+    note = f"\n\n[shortened: the message was longer than {limit_bytes} bytes]"
+    room = max(limit_bytes - len(note.encode()), 0)
+    try:
+        head = clean_text(text, limit_bytes=len(text.encode()) * 4 + 16)
+    except Invalid:
+        return ""
+    head = head.encode()[:room].decode("utf-8", errors="ignore").rstrip()
+    return f"{head}{note}" if head else note.strip()
+
+
 async def ingest_inbound(
     session: AsyncSession,
     *,
@@ -64,7 +83,7 @@ async def ingest_inbound(
 ) -> conversation_service.IngestResult:
     """Store one inbound message from a channel (deduplicated on the channel's id), its
     attachments, and queue drafting for it, all in the caller's transaction."""
-    text = clean_text(inbound.text, limit_bytes=max_text_bytes) if inbound.text else ""
+    text = provider_text(inbound.text, limit_bytes=max_text_bytes)
     files = [
         InboundAttachment(a.filename, sniff_content_type(a.data, a.content_type), a.data)
         for a in inbound.attachments

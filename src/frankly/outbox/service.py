@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frankly import metrics
 from frankly.audit import service as audit_service
 from frankly.auth.models import Agent
+from frankly.channels.models import ChannelKind
 from frankly.channels.registry import REGISTRY
 from frankly.conversations.models import Contact, Conversation, DeliveryStatus, Direction, Message
 from frankly.db import after_commit, utcnow
@@ -40,6 +41,8 @@ def _wake_all() -> None:
 
 
 MAX_ATTEMPTS = 8
+# Kinds whose replies get a placeholder key when no account exists (UnconfiguredChannel).
+UNCONFIGURED_KINDS = frozenset({ChannelKind.EMAIL.value, ChannelKind.BYBIT.value})
 BASE_DELAY_SECONDS = 2.0
 MAX_DELAY_SECONDS = 600.0
 
@@ -225,6 +228,23 @@ async def retry(session: AsyncSession, *, agent: Agent, message: Message) -> Out
     item = await get_for_message(session, message=message)
     if item.status != OutboxStatus.FAILED:
         raise Conflict(f"message {message.id} is {item.status.value}, not failed")
+    placeholder = f"{item.channel}-{item.message_id}-"  # registry.UnconfiguredChannel's keys
+    if (
+        item.account_id is None
+        and item.channel in UNCONFIGURED_KINDS
+        and item.channel_key.startswith(placeholder)
+    ):
+        # Queued when no account could deliver it: its key is a placeholder no provider ever
+        # saw (not a Message-ID, say). If an account exists now, key it for that channel.
+        conversation = await session.get(Conversation, item.conversation_id)
+        if conversation is not None:
+            channel, account = await REGISTRY.for_conversation(
+                session, channel=conversation.channel, account_id=conversation.channel_account_id
+            )
+            if account is not None:
+                item.account_id = account.id
+                item.channel_key = channel.new_channel_key(message_id=message.id)
+                message.channel_message_id = item.channel_key
     item.status = OutboxStatus.QUEUED
     item.attempts = 0
     item.next_attempt_at = utcnow()
