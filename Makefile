@@ -45,6 +45,8 @@ pytest: dev
 bench: dev
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/faq_match.py
+	$(BIN)/python bench/llm_overhead.py
+	$(BIN)/python bench/channels.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -196,6 +196,12 @@ FORM_FIELDS: dict[ChannelKind, list[tuple[str, str, str, Any]]] = {
         ("imap_user", "IMAP user", "text", ""),
         ("imap_tls", "IMAP TLS (ssl, starttls, none)", "text", "ssl"),
         ("mailbox", "Mailbox", "text", "INBOX"),
+        (
+            "sent_mailbox",
+            "Sent folder (copies; a retry checks it first; empty: off)",
+            "text",
+            "Sent",
+        ),
         ("smtp_host", "SMTP host", "text", ""),
         ("smtp_port", "SMTP port", "number", 587),
         ("smtp_user", "SMTP user", "text", ""),

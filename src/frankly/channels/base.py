@@ -86,6 +86,8 @@ class OutboundMessage:
     # Provider ids of earlier messages in the thread, oldest first (email References).
     thread_ids: Sequence[str] = ()
     attachments: Sequence[OutboundAttachment] = ()
+    # 1 for the first try; above 1 an earlier attempt may have reached the provider unrecorded.
+    attempt: int = 1
 
 
 class DeliveryError(Exception):

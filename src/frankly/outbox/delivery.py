@@ -87,6 +87,7 @@ async def _prepare(session: AsyncSession, item: OutboxItem) -> _Attempt:
             contact_external_id=loaded.contact.external_id if loaded.contact else None,
             contact_name=loaded.contact.display_name if loaded.contact else None,
             thread_ids=tuple(loaded.thread_ids),
+            attempt=item.attempts,
         )
     except Exception as exc:  # e.g. undecryptable secrets: recorded, retried, never a crash
         log.exception("preparing outbox item %s failed", item.id)

@@ -9,12 +9,20 @@ from typing import Any
 
 from frankly.channels.base import (
     ContextField,
+    DeliveryError,
     InboundMessage,
     OutboundMessage,
     PollResult,
 )
 from frankly.channels.email import TLS_MODES, TlsMode
-from frankly.channels.email.imap import IdleWaiter, ImapError, ImapSettings, fetch_new
+from frankly.channels.email.imap import (
+    IdleWaiter,
+    ImapError,
+    ImapSettings,
+    append_sent,
+    fetch_new,
+    sent_contains,
+)
 from frankly.channels.email.parse import parse_message
 from frankly.channels.email.smtp import SmtpSettings, build_message, send_message
 from frankly.errors import Invalid
@@ -81,6 +89,7 @@ class EmailChannel:
         display_name: str | None = None,
         poll_seconds: float = 60.0,
         batch_limit: int = 100,
+        sent_mailbox: str | None = "Sent",
     ) -> None:
         self.imap = imap
         self.smtp = smtp
@@ -88,6 +97,7 @@ class EmailChannel:
         self.display_name = display_name
         self.poll_seconds = poll_seconds
         self.batch_limit = batch_limit
+        self.sent_mailbox = sent_mailbox or None
         self._position: tuple[int, int] | None = None  # (uidvalidity, last_uid) of the last poll
         self._idle: bool | None = None
         self._backlog = False
@@ -130,6 +140,7 @@ class EmailChannel:
             from_address=from_address,
             display_name=name if isinstance(name, str) and name.strip() else None,
             poll_seconds=_positive(settings, "poll_seconds", 60.0),
+            sent_mailbox=str(settings.get("sent_mailbox", "Sent") or "") or None,
         )
 
     # --- outbound --------------------------------------------------------------------------
@@ -140,8 +151,35 @@ class EmailChannel:
         return f"<frankly.{message_id}.{uuid.uuid4().hex}@{domain}>"
 
     async def deliver(self, message: OutboundMessage) -> None:
+        """Send through SMTP once per Message-ID: SMTP has no idempotency of its own, so every
+        sent mail is also filed in the Sent folder, and a retry (attempt > 1, perhaps after a
+        crash between "sent" and "recorded") first looks there and sends nothing if it is."""
         msg = build_message(message, from_address=self.from_address, display_name=self.display_name)
+        if self.sent_mailbox and message.attempt > 1:
+            try:
+                if await asyncio.to_thread(
+                    sent_contains, self.imap, self.sent_mailbox, message.channel_key
+                ):
+                    log.info(
+                        "%s is already in %s: not sent again",
+                        message.channel_key,
+                        self.sent_mailbox,
+                    )
+                    return
+            except ImapError as exc:
+                # Can't tell: better late than twice. Retried later (not permanent).
+                raise DeliveryError(f"checking {self.sent_mailbox} before a resend: {exc}") from exc
         await send_message(self.smtp, msg)
+        if self.sent_mailbox:
+            try:
+                await asyncio.to_thread(append_sent, self.imap, self.sent_mailbox, msg.as_bytes())
+            except ImapError as exc:  # the mail went out; only the copy is missing
+                log.warning(
+                    "sent %s but could not file it in %s: %s",
+                    message.channel_key,
+                    self.sent_mailbox,
+                    exc,
+                )
 
     def describe_context(self, context: dict[str, Any]) -> list[ContextField]:
         email_context = context.get("email")

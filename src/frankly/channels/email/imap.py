@@ -195,6 +195,29 @@ def fetch_new(
         return batch
 
 
+def sent_contains(settings: ImapSettings, mailbox: str, message_id: str) -> bool:
+    """Whether `mailbox` (the Sent folder) already holds a mail with this Message-ID: an
+    earlier attempt sent it and the process died before recording that."""
+    with _session(settings) as conn:
+        typ, data = conn.select(_quote(mailbox), readonly=True)
+        if typ != "OK":
+            return False  # no Sent folder yet: nothing was recorded there
+        needle = message_id.replace("\\", "").replace('"', "")
+        typ, data = conn.uid("SEARCH", "HEADER", "Message-ID", f'"{needle}"')
+        _check(settings, "UID SEARCH HEADER Message-ID", typ, list(data))
+        return any(item and item.split() for item in data if isinstance(item, bytes))
+
+
+def append_sent(settings: ImapSettings, mailbox: str, raw: bytes) -> None:
+    """Keep a copy of a sent mail in `mailbox` (created when missing), flagged \\Seen."""
+    with _session(settings) as conn:
+        typ, data = conn.append(_quote(mailbox), "(\\Seen)", None, raw)
+        if typ != "OK" and b"TRYCREATE" in b" ".join(d for d in data if isinstance(d, bytes)):
+            conn.create(_quote(mailbox))
+            typ, data = conn.append(_quote(mailbox), "(\\Seen)", None, raw)
+        _check(settings, f"APPEND to {mailbox!r}", typ, list(data))
+
+
 class IdleWaiter:
     """One IMAP IDLE wait on its own connection; `abort()` from another thread ends it."""
 
