@@ -17,7 +17,6 @@ from frankly.channels.base import (
     ContextField,
     DeliveryError,
     OutboundMessage,
-    generic_context,
 )
 from frankly.channels.models import ChannelAccount, ChannelKind
 from frankly.crypto import box
@@ -53,7 +52,8 @@ class ApiChannel:
         return None
 
     def describe_context(self, context: dict[str, Any]) -> list[ContextField]:
-        return generic_context(context)
+        # Whatever the integration sent, nested objects included (the inbox flattens it).
+        return []
 
     async def aclose(self) -> None:
         return None

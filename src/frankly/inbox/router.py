@@ -279,8 +279,23 @@ async def _pane_context(
         "faq_entries": await knowledge_service.list_entries(session, enabled_only=True),
         "new_key": uuid.uuid4().hex,
         "statuses": list(ConversationStatus),
-        "context_rows": _context_rows(conversation.context),
+        "context_rows": await _context_for(session, conversation),
     }
+
+
+async def _context_for(session: AsyncSession, conversation: Conversation) -> list[tuple[str, str]]:
+    """The side panel's facts as the conversation's channel lays them out (an order's amount,
+    status and payment method; a mail's subject), else the raw context flattened."""
+    from frankly.channels.registry import REGISTRY
+
+    try:
+        channel, _ = await REGISTRY.for_conversation(
+            session, channel=conversation.channel, account_id=conversation.channel_account_id
+        )
+        fields = channel.describe_context(dict(conversation.context))
+    except Exception:  # an account that can't be built must not break the inbox
+        fields = []
+    return [(f.label, f.value) for f in fields] or _context_rows(conversation.context)
 
 
 def _context_rows(context: dict[str, Any]) -> list[tuple[str, str]]:
