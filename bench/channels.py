@@ -433,8 +433,13 @@ async def bench_outbox(label: str, url: str, args: argparse.Namespace) -> list[R
             finally:
                 fake.stop()
 
-        # Email over SMTP (aiosmtpd), one connection per mail.
+        # Email over SMTP (aiosmtpd), one connection per mail, and each mail's copy filed in the
+        # Sent folder over IMAP (pymap) — what makes a resend after a crash a no-op.
+        sys.path.insert(0, str(ROOT))
+        from tests.fakes.mail_servers import ImapServer
+
         smtp = Child("smtp", "0", "0")
+        sent_folder = ImapServer().start()
         try:
             account = await make_account(
                 db,
@@ -442,7 +447,8 @@ async def bench_outbox(label: str, url: str, args: argparse.Namespace) -> list[R
                 f"email-{tag}",
                 {
                     "imap_host": "127.0.0.1",
-                    "imap_port": 1,
+                    "imap_port": sent_folder.port,
+                    "imap_user": sent_folder.user,
                     "imap_tls": "none",
                     "smtp_host": "127.0.0.1",
                     "smtp_port": int(smtp.address),
@@ -450,7 +456,7 @@ async def bench_outbox(label: str, url: str, args: argparse.Namespace) -> list[R
                     "smtp_user": "",
                     "from_address": DESK,
                 },
-                {"imap_password": "unused"},
+                {"imap_password": sent_folder.password},
             )
             targets = [
                 Target(
@@ -469,10 +475,11 @@ async def bench_outbox(label: str, url: str, args: argparse.Namespace) -> list[R
             received = smtp.smtp_count()
             assert received == 2 * args.replies, f"SMTP got {received} mails"
             rows.append(
-                Row(label, "email, SMTP (aiosmtpd)", args.replies, speed, args.replies / raw)
+                Row(label, "email, SMTP + Sent copy", args.replies, speed, args.replies / raw)
             )
         finally:
             smtp.stop()
+            sent_folder.stop()
     finally:
         await REGISTRY.aclose()
         await db.dispose()
@@ -611,7 +618,7 @@ async def main(args: argparse.Namespace) -> None:
 
     print(
         f"\nFrankly channel bench — {os.cpu_count()} cores; fakes in their own processes; "
-        f"delivery loop = deliver_due (8 per round), baseline = raw sends, {CONCURRENCY} at a time"
+        f"delivery loop = deliver_due (16 per round), baseline = raw sends, {CONCURRENCY} at a time"
     )
     print("(a) outbox deliveries/s (queued with send_reply, drained by the real delivery loop)")
     header = f"{'backend':<11}{'path':<40}{'items':>6}{'frankly/s':>10}{'raw/s':>10}{'ratio':>8}"

@@ -251,6 +251,7 @@ class TestRetries:
                     "smtp_tls": "none",
                     "smtp_user": "",
                     "timeout_seconds": 2,
+                    "sent_mailbox": "",  # only SMTP's errors here (Sent folder: its own tests)
                 },
                 secrets={"imap_password": "secret"},
             )

@@ -45,22 +45,42 @@ async def deliver_due(
         return 0
     async with database.sessionmaker() as session:
         attempts = [await _prepare(session, item) for item in items]
-    await asyncio.gather(*(_send_and_record(database, attempt) for attempt in attempts))
+    done: asyncio.Queue[_Attempt] = asyncio.Queue()
+
+    async def send(attempt: _Attempt) -> None:
+        await _send(attempt)
+        done.put_nowait(attempt)
+
+    senders = [asyncio.create_task(send(attempt)) for attempt in attempts]
+    recorded = 0
+    try:
+        while recorded < len(attempts):
+            # Results are recorded as soon as they are known (a slow provider call never holds
+            # back the others' "delivered"), those that finished together in one transaction.
+            batch = [await done.get()]
+            await asyncio.sleep(0)
+            while not done.empty():
+                batch.append(done.get_nowait())
+            await _record(database, batch)
+            recorded += len(batch)
+    finally:
+        for task in senders:
+            task.cancel()
     return len(items)
 
 
-async def _send_and_record(database: Database, attempt: _Attempt) -> None:
-    """Each result is recorded as soon as it is known: a slow provider call never holds back
-    the "delivered" of the others (nor loses it if the process dies meanwhile)."""
-    await _send(attempt)
+async def _record(database: Database, batch: list[_Attempt]) -> None:
     async with database.writing(), database.sessionmaker() as session:
-        if attempt.error is None:
-            await outbox_service.mark_delivered(session, item=attempt.item)
-        else:
-            log.warning("delivery of message %s failed: %s", attempt.item.message_id, attempt.error)
-            await outbox_service.mark_failed(
-                session, item=attempt.item, error=attempt.error, permanent=attempt.permanent
-            )
+        for attempt in batch:
+            if attempt.error is None:
+                await outbox_service.mark_delivered(session, item=attempt.item)
+            else:
+                log.warning(
+                    "delivery of message %s failed: %s", attempt.item.message_id, attempt.error
+                )
+                await outbox_service.mark_failed(
+                    session, item=attempt.item, error=attempt.error, permanent=attempt.permanent
+                )
         await commit(session)
 
 
