@@ -509,6 +509,10 @@ ROUTE_ROLES: dict[tuple[str, str], Case] = {
         _fresh_example, (401, 403, 403, 204)
     ),
     ("GET", "/api/v1/settings"): Case(fixed("/api/v1/settings"), AGENTS),
+    ("GET", "/api/v1/settings/llm"): Case(fixed("/api/v1/settings/llm"), ADMINS),
+    ("PATCH", "/api/v1/settings/llm"): Case(
+        fixed("/api/v1/settings/llm", json={"tone_notes": "Short and polite."}), ADMINS
+    ),
     ("PATCH", "/api/v1/settings"): Case(
         fixed("/api/v1/settings", json={"draft_threshold": 0.6}), ADMINS
     ),

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from frankly.config import get_settings
 from frankly.conversations.models import Draft, DraftStatus, Message
@@ -289,3 +289,53 @@ class TestUntrustedCustomerText:
         roles = [m["role"] for m in request.messages()]
         assert roles.count("system") == 1
         assert any(attack in json.loads(json.dumps(m["content"])) for m in request.messages())
+
+
+class TestProviderSettings:
+    async def test_an_admin_sets_the_provider_and_the_key_never_comes_back(
+        self, client: Any, db: Any
+    ) -> None:
+        from frankly.audit.models import AuditEvent
+
+        desk = await make_desk(db)
+        with FakeOpenAI(api_key="sk-admin-set") as server:
+            server.rule = echo_first_candidate
+            response = await client.patch(
+                "/api/v1/settings/llm",
+                json={
+                    "base_url": server.base_url,
+                    "model": "fake-model",
+                    "api_key": "sk-admin-set",
+                    "tone_notes": "Short and polite.",
+                },
+                headers=desk.as_admin(),
+            )
+            assert response.status_code == 200, response.text
+            assert "sk-admin-set" not in response.text
+            body = response.json()
+            assert body["configured"] is True and body["key_set"] is True
+            assert body["tone_notes"] == "Short and polite."
+            draft = _pending(await _ask(client, desk, "which bank do you accept?"))
+            assert draft["engine"] == "llm"
+            [request] = server.requests
+            assert request.headers["authorization"] == "Bearer sk-admin-set"
+            assert "Short and polite." in request.message("system")
+        async with db.sessionmaker() as session:
+            raw = " ".join(
+                str(v) for (v,) in (await session.execute(text("SELECT value FROM desk_settings")))
+            )
+            assert "sk-admin-set" not in raw and "v1:" in raw
+            audit = " ".join(str(a.detail) for a in (await session.scalars(select(AuditEvent))))
+            assert "sk-admin-set" not in audit
+        cleared = await client.patch(
+            "/api/v1/settings/llm", json={"base_url": "", "model": ""}, headers=desk.as_admin()
+        )
+        assert cleared.json()["configured"] is False
+        bad = await client.patch(
+            "/api/v1/settings/llm", json={"base_url": "ftp://x"}, headers=desk.as_admin()
+        )
+        assert bad.status_code == 422 and "base_url" in bad.json()["detail"]
+        forbidden = await client.patch(
+            "/api/v1/settings/llm", json={"model": "x"}, headers=desk.as_agent()
+        )
+        assert forbidden.status_code == 403
