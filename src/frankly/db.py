@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy import JSON, DateTime, MetaData, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -177,3 +177,7 @@ def str_enum(enum_cls: type[Any], length: int = 24) -> Any:
         values_callable=lambda members: [member.value for member in members],
         validate_strings=True,
     )
+
+
+# Ids in URLs: within the id columns' range (PostgreSQL integer), else a clear 422, never a 500.
+DbId = Annotated[int, Path(ge=1, le=2_147_483_647, description="A database id")]

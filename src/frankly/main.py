@@ -121,6 +121,18 @@ SECURITY_HEADERS = [
 ]
 
 
+# The customer chat is public: its bodies (a message, or one ≤ 10 MiB attachment) stay small.
+PUBLIC_BODY_BYTES = 11 * 1024 * 1024
+
+
+def body_limit(path: str) -> int:
+    return PUBLIC_BODY_BYTES if path.startswith(("/chat/", "/widget/")) else MAX_BODY_BYTES
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
 class EdgeMiddleware:
     """Plain ASGI (cheaper than BaseHTTPMiddleware): refuse huge bodies, add security headers."""
 
@@ -131,24 +143,61 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = body_limit(scope["path"])
+        too_large = _error(413, "too_large", f"request body over {limit} bytes")
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                response = _error(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
-                await response(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await too_large(scope, receive, send)
                 return
+        # Chunked bodies have no Content-Length: count what arrives and stop at the limit. The
+        # app may turn the aborted read into its own error (FastAPI answers 400 for a body it
+        # could not read); whatever it answers then is replaced by the 413.
+        received = 0
+        started = False
+        overflow = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, overflow
+            if overflow:
+                raise _BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    overflow = True
+                    raise _BodyTooLarge
+            return message
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if overflow:
+                if not started:
+                    started = True
+                    await too_large(scope, receive, send_with_headers_raw)
+                return
+            await send_with_headers_raw(message)
+
+        async def send_with_headers_raw(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
+                started = True
+                headers = message.get("headers", [])
+                present = {name.lower() for name, _ in headers}
                 extra = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
-                if b"content-security-policy" in present:
-                    # A page with its own CSP (the customer chat sets frame-ancestors for the
-                    # merchant's site) must not be contradicted by the default X-Frame-Options.
+                own_csp = b"".join(v for n, v in headers if n.lower() == b"content-security-policy")
+                if b"frame-ancestors" in own_csp:
+                    # A page that says who may frame it (the customer chat, for the merchant's
+                    # site) must not be contradicted by the default X-Frame-Options.
                     extra = [(n, v) for n, v in extra if n != b"x-frame-options"]
-                message["headers"] = [*message.get("headers", []), *extra]
+                message["headers"] = [*headers, *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, counting_receive, send_with_headers)
+        except _BodyTooLarge:
+            if not started:
+                started = True
+                await too_large(scope, receive, send_with_headers_raw)
 
 
 class SchemaNotReady(RuntimeError):

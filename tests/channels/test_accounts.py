@@ -4,6 +4,7 @@ FRANKLY_SECRET_KEY is a clear start-up error, FRANKLY_* variables define headles
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
@@ -41,7 +42,9 @@ class TestSecretBox:
         token = SecretBox("a-long-enough-secret-key").encrypt("s3cret")
         with pytest.raises(WrongSecretKey, match="FRANKLY_SECRET_KEY"):
             SecretBox("another-long-secret-key").decrypt(token)
-        flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+        raw = bytearray(base64.urlsafe_b64decode(token[3:]))
+        raw[-1] ^= 0x01  # one bit of the tag
+        flipped = "v1:" + base64.urlsafe_b64encode(bytes(raw)).decode()
         with pytest.raises(WrongSecretKey):
             SecretBox("a-long-enough-secret-key").decrypt(flipped)
         with pytest.raises(WrongSecretKey):
@@ -68,12 +71,31 @@ class TestAccountsApi:
             assert accounts.secrets_of(account)["api_secret"] == "SECRET-456"
         # An update that leaves a secret empty keeps it.
         account_id = created.json()["id"]
-        update = {**BYBIT, "settings": {"base_url": "https://api.bytick.com"}, "secrets": {}}
+        update = {**BYBIT, "settings": {**BYBIT["settings"], "poll_seconds": 3}, "secrets": {}}
         changed = await client.put(
             f"/api/v1/channels/{account_id}", json=update, headers=desk.as_admin()
         )
         assert changed.status_code == 200, changed.text
         assert changed.json()["secrets_set"] == ["api_key", "api_secret"]
+        # Pointing it at another server without typing the secrets again is refused: stored
+        # secrets never follow an account somewhere else.
+        moved = {**BYBIT, "settings": {"base_url": "https://attacker.example"}, "secrets": {}}
+        refused = await client.put(
+            f"/api/v1/channels/{account_id}", json=moved, headers=desk.as_admin()
+        )
+        assert refused.status_code == 422 and "again" in refused.json()["detail"]
+        moved["secrets"] = {"api_key": "NEW-KEY", "api_secret": "NEW-SECRET"}
+        accepted = await client.put(
+            f"/api/v1/channels/{account_id}", json=moved, headers=desk.as_admin()
+        )
+        assert accepted.status_code == 200, accepted.text
+        async with db.sessionmaker() as session:
+            account = await accounts.find_account(session, name="p2p-main")
+            assert account is not None
+            assert accounts.secrets_of(account) == {
+                "api_key": "NEW-KEY",
+                "api_secret": "NEW-SECRET",
+            }
 
     async def test_bad_accounts_are_clear_422s_and_409s(self, client: Any, db: Any) -> None:
         desk = await make_desk(db)

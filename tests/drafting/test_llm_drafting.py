@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, text
 
 from frankly.config import get_settings
-from frankly.conversations.models import Draft, DraftStatus, Message
+from frankly.conversations.models import Conversation, Draft, DraftStatus, Message
 from frankly.live.models import Event
 from frankly.worker.runner import Worker
 from tests.factories import conversation, key, make_desk, post_inbound, run_jobs
@@ -327,6 +327,13 @@ class TestProviderSettings:
             assert "sk-admin-set" not in raw and "v1:" in raw
             audit = " ".join(str(a.detail) for a in (await session.scalars(select(AuditEvent))))
             assert "sk-admin-set" not in audit
+        # The stored key never follows the provider to another URL.
+        moved = await client.patch(
+            "/api/v1/settings/llm",
+            json={"base_url": "https://elsewhere.example/v1"},
+            headers=desk.as_admin(),
+        )
+        assert moved.status_code == 200 and moved.json()["key_set"] is False
         cleared = await client.patch(
             "/api/v1/settings/llm", json={"base_url": "", "model": ""}, headers=desk.as_admin()
         )
@@ -339,3 +346,150 @@ class TestProviderSettings:
             "/api/v1/settings/llm", json={"model": "x"}, headers=desk.as_agent()
         )
         assert forbidden.status_code == 403
+
+
+class TestConversationMovesOnWhileWriting:
+    async def _streaming(
+        self, client: Any, db: Any, desk: Any, fake: FakeOpenAI
+    ) -> tuple[dict[str, Any], Any, Draft]:
+        fake.rule = None
+        fake.script(Reply(" ".join(["We accept T-Bank and Sber."] * 10), chunk_delay=0.05))
+        accepted = await post_inbound(client, desk, "which bank?", conversation_id=key())
+        runner = asyncio.create_task(run_jobs(db))
+        for _ in range(300):
+            async with db.sessionmaker() as session:
+                streaming = await session.scalar(
+                    select(Draft).where(Draft.status == DraftStatus.STREAMING)
+                )
+            if streaming is not None:
+                return accepted, runner, streaming
+            await asyncio.sleep(0.02)
+        raise AssertionError("no draft started streaming")
+
+    async def test_a_person_replying_meanwhile_drops_the_draft(
+        self, client: Any, db: Any, fake: FakeOpenAI
+    ) -> None:
+        desk = await make_desk(db)
+        accepted, runner, streaming = await self._streaming(client, db, desk, fake)
+        sent = await client.post(
+            f"/api/v1/conversations/{accepted['conversation_id']}/replies",
+            json={"text": "Hi, T-Bank.", "idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
+        assert sent.status_code == 200, sent.text
+        await runner
+        detail = await conversation(client, desk, accepted["conversation_id"])
+        statuses = {d["id"]: d["status"] for d in detail["drafts"]}
+        assert statuses[streaming.id] == "superseded"
+        assert "pending" not in statuses.values()  # nothing left that could be sent twice
+        again = await client.post(
+            f"/api/v1/drafts/{streaming.id}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
+        assert again.status_code == 409
+
+    async def test_the_customer_writing_again_leaves_the_newest_message_its_own_draft(
+        self, client: Any, db: Any, fake: FakeOpenAI
+    ) -> None:
+        desk = await make_desk(db)
+        accepted, runner, streaming = await self._streaming(client, db, desk, fake)
+        async with db.sessionmaker() as session:
+            message = await session.get(Message, streaming.message_id)
+            assert message is not None
+            conv = await session.get(Conversation, message.conversation_id)
+            assert conv is not None
+            external = conv.external_id
+        await post_inbound(client, desk, "zzz qqq xyzzy", conversation_id=external)
+        await runner
+        await run_jobs(db)
+        detail = await conversation(client, desk, accepted["conversation_id"])
+        statuses = {d["id"]: d["status"] for d in detail["drafts"]}
+        assert statuses[streaming.id] == "superseded"
+        newest = [m for m in detail["messages"] if m["direction"] == "in"][-1]
+        assert newest["drafting"] in {"drafted", "abstained"}
+        # Whatever is pending now answers the newest message, not the one before it.
+        assert all(
+            d["message_id"] == newest["id"] for d in detail["drafts"] if d["status"] == "pending"
+        )
+
+    async def test_a_rewrite_that_ends_after_the_draft_was_sent_is_dropped(
+        self, client: Any, db: Any, fake: FakeOpenAI
+    ) -> None:
+        desk = await make_desk(db)
+        first = _pending(await _ask(client, desk, "which bank do you accept?"))
+        await client.post(
+            f"/api/v1/drafts/{first['id']}/rewrite",
+            json={"kind": "shorter"},
+            headers=desk.as_agent(),
+        )
+        sent = await client.post(
+            f"/api/v1/drafts/{first['id']}/send",
+            json={"idempotency_key": key()},
+            headers=desk.as_agent(),
+        )
+        assert sent.status_code == 200
+        await run_jobs(db)  # the rewrite runs now, after the send
+        detail = await conversation(client, desk, first["conversation_id"])
+        assert [d for d in detail["drafts"] if d["status"] == "pending"] == []
+
+
+class TestNothingStuck:
+    async def test_an_unexpected_error_settles_the_message_with_the_offline_engine(
+        self, client: Any, db: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from frankly.conversations import service as conversation_service
+
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("database went away mid-stream")
+
+        monkeypatch.setattr(conversation_service, "finish_streaming_draft", broken)
+        desk = await make_desk(db)
+        detail = await _ask(client, desk, "which bank do you accept?")
+        draft = _pending(detail)
+        assert draft["engine"] == "offline" and draft["why"]["llm"]["fallback"] == "llm_error"
+        assert "streaming" not in {d["status"] for d in detail["drafts"]}
+
+    async def test_regenerate_without_a_provider_any_more_falls_back(
+        self, client: Any, db: Any, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        desk = await make_desk(db)
+        first = _pending(await _ask(client, desk, "which bank do you accept?"))
+        response = await client.post(
+            f"/api/v1/drafts/{first['id']}/regenerate", headers=desk.as_agent()
+        )
+        assert response.json()["streaming"] is True
+        monkeypatch.delenv("FRANKLY_LLM_BASE_URL")
+        get_settings.cache_clear()
+        await run_jobs(db)
+        detail = await conversation(client, desk, first["conversation_id"])
+        pending = [d for d in detail["drafts"] if d["status"] == "pending"]
+        assert pending or detail["needs_human"], detail
+
+    async def test_housekeeping_drops_streams_of_dead_runs(
+        self, client: Any, db: Any, fake: FakeOpenAI
+    ) -> None:
+        from datetime import timedelta
+
+        from frankly.conversations import service as conversation_service
+        from frankly.db import commit, utcnow
+
+        desk = await make_desk(db)
+        accepted = await post_inbound(client, desk, "which bank?", conversation_id=key())
+        async with db.sessionmaker() as session:
+            message = await session.get(Message, accepted["message_id"])
+            assert message is not None
+            draft = await conversation_service.start_streaming_draft(
+                session, message=message, language="en", entry=None, confidence=None, why={}
+            )
+            draft.created_at = utcnow() - timedelta(hours=2)
+            await commit(session)
+        await Worker(db).housekeeping()
+        async with db.sessionmaker() as session:
+            assert (await session.get(Draft, draft.id)).status == DraftStatus.SUPERSEDED  # type: ignore[union-attr]
+
+    async def test_llm_job_leases_outlast_the_provider_budget(self, db: Any, fake: Any) -> None:
+        settings = get_settings()
+        worker = Worker(db, lease_seconds=30)
+        budget = settings.llm_timeout * (settings.llm_max_retries + 1)
+        assert worker.slow_lease_seconds > budget

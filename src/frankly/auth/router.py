@@ -18,7 +18,7 @@ from frankly.auth.schemas import (
     TokenRead,
 )
 from frankly.config import get_settings
-from frankly.db import SessionDep
+from frankly.db import DbId, SessionDep
 from frankly.errors import Invalid
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
@@ -104,6 +104,6 @@ async def create_token(body: TokenCreate, session: SessionDep, admin: AdminOnly)
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-async def revoke_token(token_id: int, session: SessionDep, admin: AdminOnly) -> Response:
+async def revoke_token(token_id: DbId, session: SessionDep, admin: AdminOnly) -> Response:
     await service.revoke_token(session, token_id=token_id, actor=admin)
     return Response(status_code=204)

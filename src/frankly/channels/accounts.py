@@ -25,6 +25,20 @@ SECRET_FIELDS: dict[ChannelKind, set[str]] = {
     ChannelKind.API: set(),
 }
 ENV_NAMES = {ChannelKind.BYBIT: "bybit-env", ChannelKind.EMAIL: "email-env"}
+# Settings that say where the secrets are sent: changing one drops the stored secrets.
+ENDPOINT_FIELDS: dict[ChannelKind, tuple[str, ...]] = {
+    ChannelKind.BYBIT: ("base_url",),
+    ChannelKind.EMAIL: (
+        "imap_host",
+        "imap_port",
+        "imap_user",
+        "smtp_host",
+        "smtp_port",
+        "smtp_user",
+    ),
+    ChannelKind.WIDGET: (),
+    ChannelKind.API: (),
+}
 
 
 def secrets_of(account: ChannelAccount) -> dict[str, Any]:
@@ -83,6 +97,20 @@ async def save_account(
     else:
         action = "channel.update"
     merged = secrets_of(account)
+    moved = {
+        name
+        for name in ENDPOINT_FIELDS[kind]
+        if action == "channel.update" and account.settings.get(name) != settings.get(name)
+    }
+    if moved and merged:
+        # Stored secrets never follow the account to another server: whoever changes where it
+        # connects must type them again (else a hijacked admin session could collect them).
+        if not all(secrets.get(name) for name in merged):
+            raise Invalid(
+                f"changing {', '.join(sorted(moved))} sends the secrets somewhere else: "
+                f"enter {', '.join(sorted(merged))} again"
+            )
+        merged = {}
     for key, value in secrets.items():
         if key not in secret_names:
             raise Invalid(f"unknown secret {key!r} for a {kind.value} channel")
@@ -91,6 +119,8 @@ async def save_account(
     if merged:
         await desk_service.ensure_secret_check(session)
         account.secrets = box().encrypt_json(merged, purpose=f"channel:{account.id}")
+    else:
+        account.secrets = None
     account.settings = dict(settings)
     account.enabled = enabled
     account.name = name

@@ -77,6 +77,26 @@ class UnconfiguredChannel(ApiChannel):
         )
 
 
+class DisabledChannel(UnconfiguredChannel):
+    """An account an admin disabled: nothing goes out through it until it is enabled again
+    (keys are still the account's own, so a retry after enabling it is a normal delivery)."""
+
+    def __init__(self, inner: Channel, name: str) -> None:
+        super().__init__(inner.kind)
+        self.inner = inner
+        self.name = name
+
+    def new_channel_key(self, *, message_id: int) -> str:
+        return self.inner.new_channel_key(message_id=message_id)
+
+    async def deliver(self, message: OutboundMessage) -> None:
+        raise DeliveryError(
+            f"the {self.kind} account {self.name!r} is disabled; enable it in Settings → "
+            "Channels, then retry",
+            permanent=True,
+        )
+
+
 class ChannelRegistry:
     """One channel object per account, rebuilt when an admin changes the account."""
 
@@ -124,6 +144,8 @@ class ChannelRegistry:
                 )
             ).all()
             account = rows[0] if len(rows) == 1 else None
+        if account is not None and not account.enabled:
+            return DisabledChannel(await self.for_account(account), account.name), account
         if account is not None:
             return await self.for_account(account), account
         if channel == ChannelKind.WIDGET.value:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from frankly.auth.deps import AdminOnly
 from frankly.channels import accounts
 from frankly.channels.models import ChannelAccount, ChannelKind
-from frankly.db import SessionDep
+from frankly.db import DbId, SessionDep
 
 router = APIRouter(prefix="/api/v1/channels", tags=["channels"])
 
@@ -73,7 +73,7 @@ async def create_channel_account(
 
 @router.put("/{account_id}", response_model=ChannelAccountRead)
 async def update_channel_account(
-    account_id: int, body: ChannelAccountWrite, session: SessionDep, admin: AdminOnly
+    account_id: DbId, body: ChannelAccountWrite, session: SessionDep, admin: AdminOnly
 ) -> ChannelAccountRead:
     account = await accounts.get_account(session, account_id=account_id)
     if body.kind != account.kind:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly import metrics
 from frankly.channels import service as channel_service
-from frankly.channels.base import PollingChannel
+from frankly.channels.base import PollingChannel, PollResult
 from frankly.channels.models import ChannelAccount
 from frankly.channels.registry import REGISTRY
 from frankly.db import Database, commit, utcnow
@@ -58,23 +59,64 @@ async def take_lease(
 async def poll_once(database: Database, *, account: ChannelAccount, channel: PollingChannel) -> int:
     """Poll one account and store what it found; returns the number of new messages."""
     result = await channel.poll(dict(account.cursor))
+    try:
+        return await _store_poll(database, account_id=account.id, result=result, each=False)
+    except Exception as exc:
+        # One message the database refuses must not stall the mailbox or chat forever: store
+        # them one by one, skip (and report) the ones that fail, then move the cursor on.
+        log.warning(
+            "storing a poll of %s failed (%s); retrying message by message", account.name, exc
+        )
+        return await _store_poll(database, account_id=account.id, result=result, each=True)
+
+
+async def _store_poll(
+    database: Database, *, account_id: int, result: PollResult, each: bool
+) -> int:
+    """All of a poll in one transaction with its cursor (each=False), or each message in its
+    own transaction, skipping failures, and the cursor last (each=True)."""
     new = 0
-    async with database.writing(), database.sessionmaker() as session:
-        row = await session.get(ChannelAccount, account.id)
-        if row is None:
-            return 0
-        for inbound in result.messages:
-            ingested = await channel_service.ingest_inbound(
-                session, channel=row.kind.value, inbound=inbound, account_id=row.id
-            )
-            new += 0 if ingested.duplicate else 1
-        for update_ in result.contexts:
-            await channel_service.apply_context(session, channel=row.kind.value, update=update_)
-        row.cursor = result.cursor
-        row.last_poll_at = utcnow()
-        row.last_error = None
-        await commit(session)
+    skipped: list[str] = []
+    groups = [[m] for m in result.messages] if each else [result.messages]
+    for group in groups:
+        try:
+            async with database.writing(), database.sessionmaker() as session:
+                row = await session.get(ChannelAccount, account_id)
+                if row is None:
+                    return new
+                for inbound in group:
+                    ingested = await channel_service.ingest_inbound(
+                        session, channel=row.kind.value, inbound=inbound, account_id=row.id
+                    )
+                    new += 0 if ingested.duplicate else 1
+                if not each:
+                    await _finish_poll(session, row, result, skipped)
+                await commit(session)
+        except Exception as exc:
+            if not each:
+                raise
+            ids = ", ".join(m.message_external_id for m in group)
+            log.error("skipped inbound message %s: %s", ids, exc)
+            skipped.append(f"{ids}: {type(exc).__name__}")
+    if each:
+        async with database.writing(), database.sessionmaker() as session:
+            row = await session.get(ChannelAccount, account_id)
+            if row is not None:
+                await _finish_poll(session, row, result, skipped)
+                await commit(session)
     return new
+
+
+async def _finish_poll(
+    session: AsyncSession, row: ChannelAccount, result: PollResult, skipped: list[str]
+) -> None:
+    for update_ in result.contexts:
+        await channel_service.apply_context(session, channel=row.kind.value, update=update_)
+    row.cursor = result.cursor
+    row.last_poll_at = utcnow()
+    row.last_error = (
+        f"skipped messages the database refused: {'; '.join(skipped)}"[:2000] if skipped else None
+    )
 
 
 async def record_error(database: Database, *, account_id: int, error: str) -> None:
@@ -131,7 +173,11 @@ class Pollers:
                     ).all()
                 wanted = set()
                 for account in accounts:
-                    channel = await REGISTRY.for_account(account)
+                    try:
+                        channel = await REGISTRY.for_account(account)
+                    except Exception as exc:  # one broken account must not stop the others
+                        log.warning("channel %s cannot be built: %s", account.name, exc)
+                        continue
                     if isinstance(channel, PollingChannel):
                         wanted.add(account.id)
                         if account.id not in self._tasks or self._tasks[account.id].done():

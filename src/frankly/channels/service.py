@@ -9,7 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly.channels.base import ContextUpdate, InboundAttachment, InboundMessage
 from frankly.conversations import service as conversation_service
-from frankly.conversations.models import Attachment, Conversation, DraftingState, Message
+from frankly.conversations.models import (
+    Attachment,
+    Contact,
+    Conversation,
+    DraftingState,
+    Message,
+)
 from frankly.drafting import service as drafting_service
 from frankly.errors import Invalid, TooLarge
 from frankly.live import service as live_service
@@ -73,6 +79,14 @@ def provider_text(text: str, *, limit_bytes: int) -> str:
     return f"{head}{note}" if head else note.strip()
 
 
+def fit_id(value: str, limit: int = 255) -> str:
+    """A provider id as stored: as it is when it fits the column, else a stable digest of it
+    (the same long id always maps to the same value, so dedupe still holds)."""
+    if len(value) <= limit:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
 async def ingest_inbound(
     session: AsyncSession,
     *,
@@ -97,14 +111,18 @@ async def ingest_inbound(
         kept.append(attachment)
     if not text and not kept and not inbound.system:
         text = "(empty message)"
-    conversation_external_id = inbound.conversation_external_id
-    if inbound.thread_refs:
+    conversation_external_id = fit_id(inbound.conversation_external_id)
+    if inbound.thread_refs and inbound.contact_external_id:
+        # Only the same customer joins a thread by its references: anyone who learns a
+        # Message-ID (a CC'd party) must not write into someone else's conversation.
         known = await session.scalar(
             select(Conversation.external_id)
             .join(Message, Message.conversation_id == Conversation.id)
+            .join(Contact, Contact.id == Conversation.contact_id)
             .where(
                 Message.channel == channel,
-                Message.channel_message_id.in_(inbound.thread_refs[-50:]),
+                Message.channel_message_id.in_([fit_id(r) for r in inbound.thread_refs[-50:]]),
+                Contact.external_id == inbound.contact_external_id,
             )
             .order_by(Message.id.desc())
             .limit(1)
@@ -115,10 +133,12 @@ async def ingest_inbound(
         session,
         channel=channel,
         conversation_external_id=conversation_external_id,
-        message_external_id=inbound.message_external_id,
+        message_external_id=fit_id(inbound.message_external_id),
         text=text or "(attachment)",
-        contact_external_id=inbound.contact_external_id,
-        contact_name=inbound.contact_name,
+        contact_external_id=fit_id(inbound.contact_external_id)
+        if inbound.contact_external_id
+        else None,
+        contact_name=(inbound.contact_name or "")[:200] or None,
         context=inbound.context,
         created_at=inbound.created_at,
         system=inbound.system,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
@@ -40,7 +41,7 @@ from frankly.conversations.schemas import (
     UseFaq,
     WriteReply,
 )
-from frankly.db import SessionDep, after_commit, rollback
+from frankly.db import DbId, SessionDep, after_commit, rollback
 from frankly.drafting import disclosure, llm_jobs
 from frankly.drafting import service as drafting_service
 from frankly.errors import Conflict, Invalid
@@ -191,7 +192,7 @@ async def list_conversations(
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationDetail)
 async def get_conversation(
-    conversation_id: int, session: SessionDep, agent: CurrentAgent
+    conversation_id: DbId, session: SessionDep, agent: CurrentAgent
 ) -> ConversationDetail:
     conversation = await service.get_conversation(session, conversation_id=conversation_id)
     return await conversation_detail(session, conversation)
@@ -201,7 +202,7 @@ async def _send(
     session: AsyncSession,
     *,
     agent: Agent,
-    conversation_id: int,
+    conversation_id: DbId,
     draft_id: int | None,
     text: str | None,
     key: str,
@@ -243,7 +244,7 @@ async def _send(
 
 @router.post("/drafts/{draft_id}/send", response_model=SendResponse)
 async def send_draft(
-    draft_id: int, body: SendDraft, session: SessionDep, agent: CurrentAgent
+    draft_id: DbId, body: SendDraft, session: SessionDep, agent: CurrentAgent
 ) -> SendResponse:
     """Send a draft as is (no text, or the same text) or edited (different text)."""
     text = clean_text(body.text, limit_bytes=_limit()) if body.text is not None else None
@@ -259,7 +260,7 @@ async def send_draft(
 
 @router.post("/conversations/{conversation_id}/replies", response_model=SendResponse)
 async def write_reply(
-    conversation_id: int, body: WriteReply, session: SessionDep, agent: CurrentAgent
+    conversation_id: DbId, body: WriteReply, session: SessionDep, agent: CurrentAgent
 ) -> SendResponse:
     """A reply the agent wrote; any pending draft becomes superseded. No disclosure is added."""
     await service.get_conversation(session, conversation_id=conversation_id)
@@ -276,7 +277,7 @@ async def write_reply(
 
 @router.post("/drafts/{draft_id}/preview", response_model=ProvenancePreview)
 async def preview_send(
-    draft_id: int, body: PreviewRequest, session: SessionDep, agent: CurrentAgent
+    draft_id: DbId, body: PreviewRequest, session: SessionDep, agent: CurrentAgent
 ) -> ProvenancePreview:
     """What sending this text would record and show the customer; writes nothing."""
     draft = await service.get_draft(session, draft_id=draft_id)
@@ -302,7 +303,7 @@ async def preview_send(
 
 
 @router.post("/drafts/{draft_id}/discard", response_model=DraftRead)
-async def discard_draft(draft_id: int, session: SessionDep, agent: CurrentAgent) -> DraftRead:
+async def discard_draft(draft_id: DbId, session: SessionDep, agent: CurrentAgent) -> DraftRead:
     draft = await service.get_draft(session, draft_id=draft_id)
     await service.discard_draft(session, agent=agent, draft=draft)
     return await draft_read(session, draft)
@@ -310,7 +311,7 @@ async def discard_draft(draft_id: int, session: SessionDep, agent: CurrentAgent)
 
 @router.post("/drafts/{draft_id}/regenerate", response_model=RegenerateResponse)
 async def regenerate_draft(
-    draft_id: int, session: SessionDep, agent: CurrentAgent
+    draft_id: DbId, session: SessionDep, agent: CurrentAgent
 ) -> RegenerateResponse:
     """Supersede the draft and ask the engine again, excluding the entry it used."""
     draft = await service.get_draft(session, draft_id=draft_id)
@@ -324,7 +325,7 @@ async def regenerate_draft(
 
 
 @router.post("/drafts/{draft_id}/stop", response_model=DraftRead)
-async def stop_draft(draft_id: int, session: SessionDep, agent: CurrentAgent) -> DraftRead:
+async def stop_draft(draft_id: DbId, session: SessionDep, agent: CurrentAgent) -> DraftRead:
     """Stop a draft the LLM is still writing; the text so far becomes the pending draft."""
     draft = await service.get_draft(session, draft_id=draft_id)
     await service.request_stop(session, agent=agent, draft=draft)
@@ -333,7 +334,7 @@ async def stop_draft(draft_id: int, session: SessionDep, agent: CurrentAgent) ->
 
 @router.post("/drafts/{draft_id}/rewrite", status_code=202, response_model=DraftRead)
 async def rewrite_draft(
-    draft_id: int, body: RewriteRequest, session: SessionDep, agent: CurrentAgent, request: Request
+    draft_id: DbId, body: RewriteRequest, session: SessionDep, agent: CurrentAgent, request: Request
 ) -> DraftRead:
     """Ask the LLM for a shorter, more formal or translated version; it streams in as a new
     draft (the current one stays pending until the rewrite is ready)."""
@@ -347,7 +348,7 @@ async def rewrite_draft(
 
 @router.post("/conversations/{conversation_id}/drafts", response_model=DraftRead, status_code=201)
 async def use_faq_entry(
-    conversation_id: int, body: UseFaq, session: SessionDep, agent: CurrentAgent
+    conversation_id: DbId, body: UseFaq, session: SessionDep, agent: CurrentAgent
 ) -> DraftRead:
     """Build a draft from the FAQ entry the agent picked."""
     conversation = await service.get_conversation(session, conversation_id=conversation_id)
@@ -362,7 +363,7 @@ async def use_faq_entry(
 
 @router.post("/conversations/{conversation_id}/claim", response_model=ConversationRead)
 async def claim_conversation(
-    conversation_id: int, body: ClaimRequest, session: SessionDep, agent: CurrentAgent
+    conversation_id: DbId, body: ClaimRequest, session: SessionDep, agent: CurrentAgent
 ) -> ConversationRead:
     """Mark yourself as replying; another agent's claim needs `take_over: true`."""
     conversation = await service.get_conversation(session, conversation_id=conversation_id)
@@ -372,7 +373,7 @@ async def claim_conversation(
 
 @router.post("/conversations/{conversation_id}/release", response_model=ConversationRead)
 async def release_conversation(
-    conversation_id: int, session: SessionDep, agent: CurrentAgent
+    conversation_id: DbId, session: SessionDep, agent: CurrentAgent
 ) -> ConversationRead:
     conversation = await service.get_conversation(session, conversation_id=conversation_id)
     await service.release(session, agent=agent, conversation=conversation)
@@ -381,7 +382,7 @@ async def release_conversation(
 
 @router.post("/conversations/{conversation_id}/assign", response_model=ConversationRead)
 async def assign_conversation(
-    conversation_id: int, body: AssignRequest, session: SessionDep, agent: CurrentAgent
+    conversation_id: DbId, body: AssignRequest, session: SessionDep, agent: CurrentAgent
 ) -> ConversationRead:
     conversation = await service.get_conversation(session, conversation_id=conversation_id)
     await service.assign(session, agent=agent, conversation=conversation, assignee_id=body.agent_id)
@@ -390,7 +391,7 @@ async def assign_conversation(
 
 @router.post("/conversations/{conversation_id}/status", response_model=ConversationRead)
 async def set_conversation_status(
-    conversation_id: int, body: StatusRequest, session: SessionDep, agent: CurrentAgent
+    conversation_id: DbId, body: StatusRequest, session: SessionDep, agent: CurrentAgent
 ) -> ConversationRead:
     """Resolve, reopen or snooze (until a time) a conversation."""
     conversation = await service.get_conversation(session, conversation_id=conversation_id)
@@ -411,20 +412,26 @@ async def _read(session: AsyncSession, conversation: Conversation) -> Conversati
 
 @router.get("/attachments/{attachment_id}")
 async def download_attachment(
-    attachment_id: int, session: SessionDep, agent: CurrentAgent
+    attachment_id: DbId, session: SessionDep, agent: CurrentAgent
 ) -> Response:
     """A customer's file, for agents only; served as a download unless it is an image."""
     from frankly.channels import service as channel_service
 
     row = await channel_service.get_attachment(session, attachment_id=attachment_id)
     inline = row.content_type.startswith("image/")
-    safe_name = "".join(c if c.isalnum() or c in "._- " else "_" for c in row.filename)
-    disposition = "inline" if inline else "attachment"
+    # An ASCII fallback plus the real name encoded (RFC 6266): header values are latin-1.
+    ascii_name = "".join(
+        c if c.isascii() and (c.isalnum() or c in "._- ") else "_" for c in row.filename
+    )
+    disposition = (
+        f'{"inline" if inline else "attachment"}; filename="{ascii_name}"; '
+        f"filename*=UTF-8''{quote(row.filename, safe='')}"
+    )
     return Response(
         content=row.data,
         media_type=row.content_type,
         headers={
-            "Content-Disposition": f'{disposition}; filename="{safe_name}"',
+            "Content-Disposition": disposition,
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "private, max-age=3600",
         },
@@ -432,7 +439,7 @@ async def download_attachment(
 
 
 @router.post("/messages/{message_id}/retry", response_model=MessageRead)
-async def retry_delivery(message_id: int, session: SessionDep, agent: CurrentAgent) -> Message:
+async def retry_delivery(message_id: DbId, session: SessionDep, agent: CurrentAgent) -> Message:
     """Try a failed delivery again (same channel idempotency key, so never a duplicate)."""
     from frankly.outbox import service as outbox_service
 

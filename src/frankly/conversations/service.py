@@ -990,19 +990,49 @@ async def finish_streaming_draft(
     tokens_out: int | None,
     ttft_ms: float | None,
     confidence: float | None,
-) -> Draft:
-    """The LLM finished (or was stopped): the draft becomes the conversation's pending draft."""
-    await _supersede_pending(session, conversation_id=draft.conversation_id)
-    draft.text = text
-    draft.status = DraftStatus.PENDING
-    draft.engine = engine
-    draft.why = why
-    draft.flags = flags
-    draft.prompt_version = prompt_version
-    draft.tokens_in, draft.tokens_out, draft.ttft_ms = tokens_in, tokens_out, ttft_ms
-    draft.confidence = confidence
+    replaces: Draft | None = None,
+) -> Draft | None:
+    """The LLM finished (or was stopped): the draft becomes the conversation's pending draft —
+    unless the conversation moved on while it was written (a person replied, the customer wrote
+    again, another run took over): then it is dropped and None returned."""
+    stale = await _stale_reason(session, draft=draft, replaces=replaces)
+    if stale is not None:
+        await drop_streaming_draft(session, draft=draft, reason=stale)
+        return None
+    values: dict[str, Any] = {
+        "text": text,
+        "status": DraftStatus.PENDING,
+        "engine": engine,
+        "why": why,
+        "flags": flags,
+        "prompt_version": prompt_version,
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "ttft_ms": ttft_ms,
+        "confidence": confidence,
+    }
     if entry is not None:
-        draft.faq_entry_id, draft.faq_version = entry.id, entry.version
+        values |= {"faq_entry_id": entry.id, "faq_version": entry.version}
+    # Conditional: only a draft still streaming (not one a crashed twin already settled).
+    done = await session.execute(
+        update(Draft)
+        .where(Draft.id == draft.id, Draft.status == DraftStatus.STREAMING)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(done, "rowcount", 0) != 1:
+        return None
+    await session.execute(
+        update(Draft)
+        .where(
+            Draft.conversation_id == draft.conversation_id,
+            Draft.status == DraftStatus.PENDING,
+            Draft.id != draft.id,
+        )
+        .values(status=DraftStatus.SUPERSEDED, decided_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    await session.refresh(draft)
     conversation = await get_conversation(session, conversation_id=draft.conversation_id)
     conversation.needs_human = False
     await session.flush()
@@ -1013,6 +1043,31 @@ async def finish_streaming_draft(
         data={"draft_id": draft.id, "message_id": draft.message_id},
     )
     return draft
+
+
+async def _stale_reason(
+    session: AsyncSession, *, draft: Draft, replaces: Draft | None
+) -> str | None:
+    """Why a draft that just finished streaming no longer answers the conversation, if so."""
+    if replaces is not None:
+        status = await session.scalar(select(Draft.status).where(Draft.id == replaces.id))
+        if status != DraftStatus.PENDING:
+            return f"the draft it rewrites is {status.value if status else 'gone'}"
+    later = await session.scalar(
+        select(Message.direction)
+        .where(
+            Message.conversation_id == draft.conversation_id,
+            Message.id > draft.message_id,
+            Message.direction.in_([Direction.IN, Direction.OUT]),
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    )
+    if later == Direction.OUT:
+        return "a person replied while it was being written"
+    if later == Direction.IN:
+        return "the customer wrote again; the newest message gets its own draft"
+    return None
 
 
 async def drop_streaming_draft(session: AsyncSession, *, draft: Draft, reason: str) -> None:
@@ -1042,3 +1097,32 @@ async def streaming_draft(session: AsyncSession, *, conversation: Conversation) 
         .order_by(Draft.id.desc())
         .limit(1)
     )
+
+
+async def drop_streaming_for_message(session: AsyncSession, *, message_id: int, reason: str) -> int:
+    """Settle every draft still streaming for a message (a failed or dead LLM run)."""
+    rows = (
+        await session.scalars(
+            select(Draft).where(
+                Draft.message_id == message_id, Draft.status == DraftStatus.STREAMING
+            )
+        )
+    ).all()
+    for draft in rows:
+        await drop_streaming_draft(session, draft=draft, reason=reason)
+    return len(rows)
+
+
+async def drop_abandoned_streams(session: AsyncSession, *, older_than_minutes: int) -> int:
+    """Housekeeping: drafts that have been "being written" far longer than any provider call
+    can take belong to runs that died; they go, and their message is no longer shown as
+    waiting on them."""
+    cutoff = utcnow() - timedelta(minutes=older_than_minutes)
+    rows = (
+        await session.scalars(
+            select(Draft).where(Draft.status == DraftStatus.STREAMING, Draft.created_at < cutoff)
+        )
+    ).all()
+    for draft in rows:
+        await drop_streaming_draft(session, draft=draft, reason="abandoned")
+    return len(rows)

@@ -135,8 +135,22 @@ async def set_llm(
     unknown = set(values) - LLM_FIELDS
     if unknown:
         raise Invalid(f"unknown LLM setting(s): {', '.join(sorted(unknown))}")
-    current = await llm_overrides(session)
+    # Read the row itself (not the short cache): two admins saving at once must not bring back
+    # a key the other just removed.
+    stored = await session.get(DeskSetting, LLM, with_for_update=True)
+    value = None if stored is None else stored.value.get("value")
+    current = dict(value) if isinstance(value, dict) else {}
     changed = []
+    new_url = values.get("base_url")
+    if (
+        new_url is not None
+        and str(new_url).rstrip("/")
+        != str(current.get("base_url") or get_settings().llm_base_url).rstrip("/")
+        and not values.get("api_key")
+        and current.pop("api_key", None) is not None
+    ):
+        # The stored key never follows the provider to another URL: it must be typed again.
+        changed.append("api_key")
     for name, raw in values.items():
         if raw is None:
             continue

@@ -30,6 +30,7 @@ from frankly.drafting.placeholders import MissingValue
 from frankly.errors import Conflict, Invalid
 from frankly.knowledge import service as knowledge_service
 from frankly.knowledge.models import FaqEntry
+from frankly.textutil import clean_text
 from frankly.worker import service as worker_service
 from frankly.worker.runner import job
 
@@ -42,6 +43,7 @@ DELTA_EVERY_SECONDS = 0.12
 STOP_CHECK_SECONDS = 0.25
 
 _writers: dict[tuple[Any, ...], LlmWriter] = {}
+_retired: list[LlmWriter] = []
 
 
 async def writer_for(session: AsyncSession) -> LlmWriter | None:
@@ -71,17 +73,18 @@ async def writer_for(session: AsyncSession) -> LlmWriter | None:
     )
     writer = _writers.get(key)
     if writer is None:
-        for old in list(_writers.values()):
-            await old.aclose()
+        # Settings changed: drafts being written keep their writer; it is closed at shutdown.
+        _retired.extend(_writers.values())
         _writers.clear()
         writer = _writers[key] = LlmWriter(config)
     return writer
 
 
 async def close_writers() -> None:
-    for writer in list(_writers.values()):
+    for writer in [*_writers.values(), *_retired]:
         await writer.aclose()
     _writers.clear()
+    _retired.clear()
 
 
 def wants_llm(outcome: DraftOutcome) -> bool:
@@ -235,7 +238,11 @@ async def llm_draft(
     requested_by = await session.get(Agent, requested_by_id) if requested_by_id else None
     if writer is None or not wants_llm(outcome):
         if regenerate:
-            return None
+            # The provider went away (or the match did): the offline answer, else "needs a
+            # human" — never a conversation left with nothing.
+            return await drafting_service.store_regenerated(
+                session, message=message, outcome=outcome, language=language, agent=requested_by
+            )
         return await drafting_service.store_offline(
             session, message=message, outcome=outcome, language=language
         )
@@ -405,6 +412,8 @@ async def request_rewrite(
         raise Conflict(f"draft {draft.id} is {draft.status.value}, not pending")
     if await desk_service.llm_config_values(session) is None:
         raise Invalid("rewrites need an LLM provider; configure one in Settings")
+    if text is not None:
+        text = clean_text(text, limit_bytes=get_settings().max_message_bytes)
     await worker_service.enqueue(
         session,
         name=LLM_REWRITE_JOB,
@@ -504,6 +513,7 @@ async def llm_rewrite(
         tokens_out=result.tokens_out,
         ttft_ms=result.ttft_ms,
         confidence=original.confidence,
+        replaces=original,
     )
 
 
@@ -512,21 +522,60 @@ Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 
 @job(LLM_DRAFT_JOB)
 async def llm_draft_job(session: AsyncSession, payload: dict[str, Any]) -> None:
-    await llm_draft(
-        session,
-        message_id=int(payload["message_id"]),
-        variant=int(payload.get("variant", 0)),
-        avoid=list(payload.get("avoid") or []),
-        requested_by_id=payload.get("requested_by"),
-    )
+    message_id = int(payload["message_id"])
+    try:
+        await llm_draft(
+            session,
+            message_id=message_id,
+            variant=int(payload.get("variant", 0)),
+            avoid=list(payload.get("avoid") or []),
+            requested_by_id=payload.get("requested_by"),
+        )
+    except Exception:
+        # Whatever broke (the database mid-stream, a deleted entry…), the message must not stay
+        # "being written" or queued forever: settle it with the offline engine, then report.
+        log.exception("LLM drafting of message %s failed; using the offline engine", message_id)
+        await session.rollback()
+        await settle_after_failure(session, message_id=message_id)
+        await commit(session)
 
 
 @job(LLM_REWRITE_JOB)
 async def llm_rewrite_job(session: AsyncSession, payload: dict[str, Any]) -> None:
-    await llm_rewrite(
-        session,
-        draft_id=int(payload["draft_id"]),
-        kind=str(payload["kind"]),
-        text=payload.get("text"),
-        agent_id=payload.get("agent_id"),
+    draft_id = int(payload["draft_id"])
+    try:
+        await llm_rewrite(
+            session,
+            draft_id=draft_id,
+            kind=str(payload["kind"]),
+            text=payload.get("text"),
+            agent_id=payload.get("agent_id"),
+        )
+    except Exception:
+        log.exception("rewrite of draft %s failed; the draft stays as it was", draft_id)
+        await session.rollback()
+        original = await conversation_service.get_draft(session, draft_id=draft_id)
+        await conversation_service.drop_streaming_for_message(
+            session, message_id=original.message_id, reason="rewrite failed"
+        )
+        await commit(session)
+
+
+async def settle_after_failure(session: AsyncSession, *, message_id: int) -> None:
+    """After an unexpected LLM job error: no streaming leftovers, and the message drafted (or
+    abstained) by the offline engine if it still waits."""
+    await conversation_service.drop_streaming_for_message(
+        session, message_id=message_id, reason="the LLM job failed"
     )
+    message = await conversation_service.get_message(session, message_id=message_id)
+    if message.drafting == DraftingState.QUEUED:
+        conversation = await conversation_service.get_conversation(
+            session, conversation_id=message.conversation_id
+        )
+        outcome, language = await drafting_service.offline_outcome(
+            session, message=message, conversation=conversation
+        )
+        outcome.why["llm"] = {"fallback": "llm_error"}
+        await drafting_service.store_offline(
+            session, message=message, outcome=outcome, language=language
+        )

@@ -293,3 +293,17 @@ async def draft_from_entry(
         detail={"conversation_id": conversation.id, "slug": entry.slug},
     )
     return draft
+
+
+async def store_regenerated(
+    session: AsyncSession,
+    *,
+    message: Message,
+    outcome: DraftOutcome,
+    language: LanguageChoice,
+    agent: Agent | None,
+) -> Draft | None:
+    """A regenerate the LLM could not serve: the offline engine's draft, or an abstention."""
+    return await _store(
+        session, message=message, outcome=outcome, language=language, requested_by=agent
+    )

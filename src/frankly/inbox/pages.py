@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from frankly.auth import service as auth_service
 from frankly.conversations.models import Draft, DraftStatus, Message, Origin
-from frankly.db import SessionDep
+from frankly.db import DbId, SessionDep
 from frankly.desk import service as desk_service
 from frankly.errors import Invalid
 from frankly.inbox.router import disclosure_texts
@@ -204,7 +204,7 @@ async def faq_update(request: Request, slug: str, session: SessionDep, user: Adm
 
 @router.post("/faq/{slug}/examples/{example_id}/remove")
 async def faq_remove_example(
-    slug: str, example_id: int, session: SessionDep, user: Admin
+    slug: str, example_id: DbId, session: SessionDep, user: Admin
 ) -> Response:
     entry = await knowledge_service.get_entry_by_slug(session, slug=slug)
     await knowledge_service.remove_example(
@@ -424,6 +424,6 @@ async def admin_create_token(
 
 
 @router.post("/admin/tokens/{token_id}/revoke")
-async def admin_revoke_token(token_id: int, session: SessionDep, user: Admin) -> Response:
+async def admin_revoke_token(token_id: DbId, session: SessionDep, user: Admin) -> Response:
     await auth_service.revoke_token(session, token_id=token_id, actor=user.agent)
     return RedirectResponse("/admin", status_code=303)

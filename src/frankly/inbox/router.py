@@ -24,7 +24,7 @@ from frankly.config import get_settings
 from frankly.conversations import service as conversation_service
 from frankly.conversations.models import Conversation, ConversationStatus, DraftStatus
 from frankly.conversations.service import ConversationFilters
-from frankly.db import SessionDep
+from frankly.db import DbId, SessionDep
 from frankly.desk import service as desk_service
 from frankly.drafting import disclosure, llm_jobs
 from frankly.drafting import service as drafting_service
@@ -312,7 +312,7 @@ def _context_rows(context: dict[str, Any]) -> list[tuple[str, str]]:
 @router.get("/inbox/c/{conversation_id}", response_class=HTMLResponse)
 async def conversation_page(
     request: Request,
-    conversation_id: int,
+    conversation_id: DbId,
     session: SessionDep,
     user: User,
     view: str = "needs_reply",
@@ -349,7 +349,7 @@ async def _pane(
     request: Request,
     session: AsyncSession,
     user: User,
-    conversation_id: int,
+    conversation_id: DbId,
     toast: str | None = None,
 ) -> Response:
     conversation = await conversation_service.get_conversation(
@@ -370,7 +370,7 @@ async def _pane(
 @router.post("/inbox/c/{conversation_id}/claim", response_class=HTMLResponse)
 async def claim(
     request: Request,
-    conversation_id: int,
+    conversation_id: DbId,
     session: SessionDep,
     user: User,
     take_over: Annotated[bool, Form()] = False,
@@ -387,7 +387,7 @@ async def claim(
 @router.post("/inbox/d/{draft_id}/preview", response_class=HTMLResponse)
 async def preview(
     request: Request,
-    draft_id: int,
+    draft_id: DbId,
     session: SessionDep,
     user: User,
     text: Annotated[str, Form()] = "",
@@ -413,7 +413,7 @@ async def preview(
 @router.post("/inbox/d/{draft_id}/send", response_class=HTMLResponse)
 async def send(
     request: Request,
-    draft_id: int,
+    draft_id: DbId,
     session: SessionDep,
     user: User,
     text: Annotated[str, Form()],
@@ -440,7 +440,7 @@ async def send(
 @router.post("/inbox/c/{conversation_id}/reply", response_class=HTMLResponse)
 async def reply(
     request: Request,
-    conversation_id: int,
+    conversation_id: DbId,
     session: SessionDep,
     user: User,
     text: Annotated[str, Form()],
@@ -461,14 +461,14 @@ async def reply(
 
 
 @router.post("/inbox/d/{draft_id}/discard", response_class=HTMLResponse)
-async def discard(request: Request, draft_id: int, session: SessionDep, user: User) -> Response:
+async def discard(request: Request, draft_id: DbId, session: SessionDep, user: User) -> Response:
     draft = await conversation_service.get_draft(session, draft_id=draft_id)
     await conversation_service.discard_draft(session, agent=user.agent, draft=draft)
     return await _pane(request, session, user, draft.conversation_id, toast="Draft discarded")
 
 
 @router.post("/inbox/d/{draft_id}/regenerate", response_class=HTMLResponse)
-async def regenerate(request: Request, draft_id: int, session: SessionDep, user: User) -> Response:
+async def regenerate(request: Request, draft_id: DbId, session: SessionDep, user: User) -> Response:
     draft = await conversation_service.get_draft(session, draft_id=draft_id)
     new = await drafting_service.regenerate(session, agent=user.agent, draft=draft)
     if new is None and draft.engine == "llm" and draft.status == DraftStatus.SUPERSEDED:
@@ -479,7 +479,7 @@ async def regenerate(request: Request, draft_id: int, session: SessionDep, user:
 
 
 @router.post("/inbox/d/{draft_id}/stop", response_class=HTMLResponse)
-async def stop(request: Request, draft_id: int, session: SessionDep, user: User) -> Response:
+async def stop(request: Request, draft_id: DbId, session: SessionDep, user: User) -> Response:
     draft = await conversation_service.get_draft(session, draft_id=draft_id)
     await conversation_service.request_stop(session, agent=user.agent, draft=draft)
     return await _pane(request, session, user, draft.conversation_id, toast="Stopping…")
@@ -488,7 +488,7 @@ async def stop(request: Request, draft_id: int, session: SessionDep, user: User)
 @router.post("/inbox/d/{draft_id}/rewrite", response_class=HTMLResponse)
 async def rewrite(
     request: Request,
-    draft_id: int,
+    draft_id: DbId,
     session: SessionDep,
     user: User,
     kind: Annotated[str, Form()],
@@ -508,7 +508,7 @@ async def rewrite(
 
 @router.post("/inbox/m/{message_id}/retry", response_class=HTMLResponse)
 async def retry_delivery(
-    request: Request, message_id: int, session: SessionDep, user: User
+    request: Request, message_id: DbId, session: SessionDep, user: User
 ) -> Response:
     from frankly.outbox import service as outbox_service
 
@@ -520,7 +520,7 @@ async def retry_delivery(
 @router.post("/inbox/c/{conversation_id}/use-faq", response_class=HTMLResponse)
 async def use_faq(
     request: Request,
-    conversation_id: int,
+    conversation_id: DbId,
     session: SessionDep,
     user: User,
     faq_entry: Annotated[str, Form()],
@@ -538,7 +538,7 @@ async def use_faq(
 @router.post("/inbox/c/{conversation_id}/assign", response_class=HTMLResponse)
 async def assign(
     request: Request,
-    conversation_id: int,
+    conversation_id: DbId,
     session: SessionDep,
     user: User,
     agent_id: Annotated[str, Form()] = "",
@@ -560,7 +560,7 @@ async def assign(
 @router.post("/inbox/c/{conversation_id}/status", response_class=HTMLResponse)
 async def status(
     request: Request,
-    conversation_id: int,
+    conversation_id: DbId,
     session: SessionDep,
     user: User,
     status: Annotated[ConversationStatus, Form()],

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from frankly.auth.deps import AdminOnly, CurrentAgent
-from frankly.db import SessionDep
+from frankly.db import DbId, SessionDep
 from frankly.errors import Invalid, TooLarge
 from frankly.knowledge import files, service
 from frankly.knowledge.models import FaqEntry, FaqVersion, LearnedExample
@@ -111,7 +111,7 @@ async def list_examples(ref: str, session: SessionDep, agent: CurrentAgent) -> l
 
 @router.delete("/{ref}/examples/{example_id}", status_code=204)
 async def remove_example(
-    ref: str, example_id: int, session: SessionDep, agent: AdminOnly
+    ref: str, example_id: DbId, session: SessionDep, agent: AdminOnly
 ) -> Response:
     entry = await service.find_entry(session, ref=ref)
     await service.remove_example(session, entry=entry, example_id=example_id, agent=agent)

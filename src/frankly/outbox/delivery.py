@@ -20,7 +20,9 @@ from frankly.outbox import service as outbox_service
 from frankly.outbox.models import OutboxItem
 
 log = logging.getLogger("frankly.outbox")
-ATTEMPT_TIMEOUT_SECONDS = 60.0
+# Longer than a channel's own timeouts together (e-mail: SMTP 30 s + the Sent copy 30 s), so a
+# send that went through is never cut off while filing its copy and then retried.
+ATTEMPT_TIMEOUT_SECONDS = 150.0
 
 
 @dataclass(slots=True)
@@ -107,7 +109,9 @@ async def _prepare(session: AsyncSession, item: OutboxItem) -> _Attempt:
             contact_external_id=loaded.contact.external_id if loaded.contact else None,
             contact_name=loaded.contact.display_name if loaded.contact else None,
             thread_ids=tuple(loaded.thread_ids),
-            attempt=item.attempts,
+            # Any earlier failure (also before a manual Retry, which restarts the count) means
+            # an earlier attempt may have reached the provider: the channel checks first.
+            attempt=item.attempts if item.last_error is None else max(item.attempts, 2),
         )
     except Exception as exc:  # e.g. undecryptable secrets: recorded, retried, never a crash
         log.exception("preparing outbox item %s failed", item.id)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly import metrics
+from frankly.config import get_settings
 from frankly.db import Database, commit
 from frankly.worker import service as worker_service
 
@@ -23,6 +24,8 @@ log = logging.getLogger("frankly.worker")
 HOUSEKEEPING_SECONDS = 600.0
 # Jobs that wait on an outside provider (an LLM): run by their own loops.
 SLOW_JOBS = frozenset({"llm_draft", "llm_rewrite"})
+# A draft "being written" for longer than this belongs to a run that died (housekeeping).
+ABANDONED_STREAM_MINUTES = 30
 Handler = Callable[[AsyncSession, dict[str, Any]], Awaitable[None]]
 HANDLERS: dict[str, Handler] = {}
 
@@ -63,6 +66,11 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.batch = batch
         self.slow_concurrency = slow_concurrency
+        # An LLM job may wait on its provider for the whole budget (every retry): its lease must
+        # outlast that, or a second loop would take it over mid-stream.
+        settings = get_settings()
+        budget = settings.llm_timeout * (settings.llm_max_retries + 1) + 60
+        self.slow_lease_seconds = max(lease_seconds, int(budget))
         self.id = name or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._deliver = asyncio.Event()
@@ -140,10 +148,15 @@ class Worker:
     async def housekeeping(self) -> None:
         """Prune the live event log past its retention (any worker may; it is idempotent)."""
         from frankly.config import get_settings
+        from frankly.conversations import service as conversation_service
         from frankly.live import service as live_service
 
         async with self.database.writing(), self.database.sessionmaker() as session:
             await live_service.prune(session, older_than_days=get_settings().event_retention_days)
+            await conversation_service.drop_abandoned_streams(
+                session, older_than_minutes=ABANDONED_STREAM_MINUTES
+            )
+            await worker_service.fail_exhausted(session)
             await session.commit()
 
     async def _loop(self, n: int, only: frozenset[str] | None = None) -> None:
@@ -179,7 +192,7 @@ class Worker:
             jobs = await worker_service.claim(
                 session,
                 worker_id=worker_id,
-                lease_seconds=self.lease_seconds,
+                lease_seconds=self.slow_lease_seconds if only else self.lease_seconds,
                 limit=1 if only else self.batch,
                 names=only,
                 exclude=SLOW_JOBS if only is None and self._tasks else (),

@@ -44,7 +44,10 @@ async def claim(
         .where(
             or_(
                 (Job.status == JobStatus.QUEUED) & (Job.run_after <= now),
-                (Job.status == JobStatus.RUNNING) & (Job.locked_until < now),
+                # A job whose worker died is taken again, while it has attempts left.
+                (Job.status == JobStatus.RUNNING)
+                & (Job.locked_until < now)
+                & (Job.attempts < Job.max_attempts),
             )
         )
         .order_by(Job.run_after, Job.id)
@@ -66,7 +69,9 @@ async def claim(
             Job.id.in_(ids),
             or_(
                 Job.status == JobStatus.QUEUED,
-                (Job.status == JobStatus.RUNNING) & (Job.locked_until < now),
+                (Job.status == JobStatus.RUNNING)
+                & (Job.locked_until < now)
+                & (Job.attempts < Job.max_attempts),
             ),
         )
         .values(
@@ -120,3 +125,23 @@ async def counts(session: AsyncSession) -> dict[str, int]:
     return {
         str(status.value if hasattr(status, "value") else status): n for status, n in rows.all()
     }
+
+
+async def fail_exhausted(session: AsyncSession) -> int:
+    """Jobs whose worker died on their last attempt: failed, with a reason (housekeeping)."""
+    now = utcnow()
+    result = await session.execute(
+        update(Job)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            Job.locked_until < now,
+            Job.attempts >= Job.max_attempts,
+        )
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=now,
+            locked_until=None,
+            last_error="the worker running its last attempt stopped (crash or kill)",
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
