@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import time
 import tomllib
 from functools import lru_cache
 from pathlib import Path
@@ -133,8 +135,32 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     def effective_secret(self) -> str:
-        """The secret used for signing; a fixed development value only when none was configured."""
-        return self.secret_key or "frankly-development-secret-change-me"
+        """The secret that signs visitor cookies and keys the secrets at rest. Without
+        FRANKLY_SECRET_KEY (development only; production refuses to start) it is a random key
+        made once and kept in var/secret-key, never a value anyone could look up."""
+        return self.secret_key or _local_secret()
+
+
+LOCAL_SECRET_FILE = Path("var/secret-key")
+
+
+@lru_cache(maxsize=1)
+def _local_secret() -> str:
+    path = LOCAL_SECRET_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(32))
+    for _ in range(50):  # another process may be writing it this very moment
+        value = path.read_text(encoding="utf-8").strip()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise SettingsError(f"FRANKLY_SECRET_KEY: {path} is empty; delete it or set the variable")
 
 
 class SettingsError(Exception):
