@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -203,3 +204,22 @@ async def apply_context(session: AsyncSession, *, channel: str, update: ContextU
             session, conversation_id=conversation.id, kind="conversation.context", data={}
         )
     return True
+
+
+# What the customer typed or their browser sent is not a fact the assistant may state: only
+# context a merchant's system or the provider's API vouches for reaches the LLM as "facts".
+_UNVOUCHED_ORDER_KEYS = {"counterparty", "counterparty_id"}
+
+
+def trusted_context(channel: str, context: dict[str, Any]) -> dict[str, Any]:
+    """The part of a conversation's context that the LLM (and its grounding check) may treat
+    as facts: everything an API integration sent; a Bybit order's facts from Bybit's API (not
+    the counterparty's self-chosen nickname); nothing from e-mail headers or a visitor's browser."""
+    if channel in {"widget", "email"}:
+        return {}
+    if channel == "bybit":
+        order = context.get("order")
+        if not isinstance(order, dict):
+            return {}
+        return {"order": {k: v for k, v in order.items() if k not in _UNVOUCHED_ORDER_KEYS}}
+    return dict(context)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from frankly import metrics
 from frankly.audit import service as audit_service
 from frankly.auth.models import Agent
+from frankly.channels.service import trusted_context
 from frankly.config import get_settings
 from frankly.conversations import service as conversation_service
 from frankly.conversations.models import Draft, DraftingState, DraftStatus, Message
@@ -280,7 +281,7 @@ async def llm_draft(
         language=language.code,
         candidates=candidates,
         history=history[:-1] if history and history[-1][1] == message.text else history,
-        context=conversation.context,
+        context=trusted_context(conversation.channel, conversation.context),
         tone_notes=await desk_service.tone_notes(session),
         variant=variant,
         avoid=tuple(avoid or ()),
@@ -482,7 +483,7 @@ async def llm_rewrite(
             kind=kind,  # type: ignore[arg-type]
             language=language,
             sources=sources,
-            context=conversation.context,
+            context=trusted_context(conversation.channel, conversation.context),
             on_delta=stream.on_delta,
             should_stop=stream.should_stop,
         )
