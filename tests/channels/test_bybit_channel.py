@@ -243,6 +243,47 @@ class TestPolling:
         assert message.attachments == [] and "gone.png could not be downloaded" in message.text
 
 
+class TestHostileFiles:
+    """A counterparty writes the file message: its URL and bytes are untrusted."""
+
+    async def test_a_file_on_another_host_is_named_not_fetched(
+        self, fake: FakeBybit, channel: BybitChannel
+    ) -> None:
+        elsewhere = FakeBybit(public_files=True)
+        elsewhere.start()
+        try:
+            order = fake.add_order()
+            url = f"{elsewhere.url}{elsewhere.add_file('cat.png', PNG)}"
+            fake.add_message(order, kind="pic", file_name="cat.png", url=url)
+            fake.add_message(order, kind="pic", url="http://169.254.169.254/latest/meta-data/")
+            fake.add_message(order, kind="pdf", url="http://[x/broken.pdf")
+            first, metadata, broken = (await channel.poll({})).messages
+        finally:
+            elsewhere.stop()
+        assert elsewhere.requests == []
+        assert first.attachments == metadata.attachments == broken.attachments == []
+        assert first.text.startswith("[image cat.png could not be downloaded: download refused")
+        assert "refused: http://169.254.169.254:80 is not the Bybit API" in metadata.text
+        assert "refused" in broken.text
+
+    async def test_the_bytes_decide_the_type(self, fake: FakeBybit, channel: BybitChannel) -> None:
+        order = fake.add_order()
+        jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 32
+        fake.add_message(order, kind="pic", data=jpeg, file_name="photo.png")  # served as png
+        fake.add_message(order, kind="pdf", data=PNG, file_name="scan.pdf")
+        fake.add_message(order, kind="pic", data=b"<svg onload=alert(1)>", file_name="x.png")
+        fake.add_message(order, kind="pdf", data=b"MZ\x90\x00", file_name="invoice.pdf")
+        photo, scan, svg, exe = (await channel.poll({})).messages
+        assert [(a.filename, a.content_type) for a in photo.attachments] == [
+            ("photo.png", "image/jpeg")
+        ]
+        assert [(a.filename, a.content_type) for a in scan.attachments] == [
+            ("scan.pdf", "image/png")
+        ]
+        assert svg.attachments == exe.attachments == []
+        assert "x.png was not kept" in svg.text and "invoice.pdf was not kept" in exe.text
+
+
 class TestStatus:
     async def test_status_changes_update_the_context(
         self, fake: FakeBybit, channel: BybitChannel

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import frankly.channels.bybit as bybit_package
 from frankly.channels.bybit.client import (
+    BYBIT_FILE_HOSTS,
     BybitAuthError,
     BybitClient,
     BybitError,
@@ -22,7 +24,7 @@ from frankly.channels.bybit.client import (
     BybitUnavailable,
     sign,
 )
-from tests.fakes.bybit_server import Account, FakeBybit
+from tests.fakes.bybit_server import Account, FakeBybit, localhost_tls
 
 PENDING = "/v5/p2p/order/pending/simplifyList"
 INFO = "/v5/p2p/user/personal/info"
@@ -314,19 +316,6 @@ class TestEndpoints:
             await client.download("/fiat/p2p/oss/showObj/nope.png")
         assert caught.value.code == 404
 
-    async def test_the_api_key_is_not_sent_to_another_host(
-        self, fake: FakeBybit, client: BybitClient
-    ) -> None:
-        other = FakeBybit()
-        other.start()
-        try:
-            await client.download(f"{other.url}/fiat/p2p/oss/showObj/x.png")
-        except BybitError:
-            pass
-        finally:
-            other.stop()
-        assert "x-bapi-api-key" not in other.requests[0].headers
-
     async def test_accounts_are_separate_on_the_fake(self) -> None:
         fake = FakeBybit(accounts=[Account(), Account("k2", "s2", "3003", "Other")])
         fake.start()
@@ -340,6 +329,93 @@ class TestEndpoints:
         finally:
             await client.aclose()
             fake.stop()
+
+
+@pytest.fixture
+def other() -> Iterator[FakeBybit]:
+    """A second server on another port: an attacker's host, or a file host."""
+    server = FakeBybit(public_files=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+class TestDownloadTargets:
+    """A file URL comes from the counterparty's message: only the API origin gets the key."""
+
+    async def test_an_absolute_url_on_the_api_origin_is_signed(
+        self, fake: FakeBybit, client: BybitClient
+    ) -> None:
+        path = fake.add_file("a.png", PNG)
+        file = await client.download(f"{fake.url}{path}?x=1")
+        assert file.data == PNG
+        assert fake.requests[-1].headers["x-bapi-api-key"] == "test-key"
+        assert fake.requests[-1].status == 200
+
+    @pytest.mark.parametrize(
+        "template",
+        [
+            "{other}{path}",  # another host (and port)
+            "//127.0.0.1:{other_port}{path}",  # scheme-relative
+            "http://localhost:{port}{path}",  # same port, different host name
+            "https://127.0.0.1:{port}{path}",  # same host and port, different scheme
+            "http://test-key@127.0.0.1:{other_port}{path}",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[x/a.png",
+            "file:///etc/passwd",
+            "http://127.0.0.1:{port}\\@evil.example/a.png",
+            "",
+        ],
+    )
+    async def test_other_urls_are_refused_unfetched(
+        self, fake: FakeBybit, other: FakeBybit, client: BybitClient, template: str
+    ) -> None:
+        path = other.add_file("a.png", PNG)
+        url = template.format(other=other.url, other_port=other.port, port=fake.port, path=path)
+        with pytest.raises(BybitError) as caught:
+            await client.download(url)
+        assert caught.value.code == -1 and "download refused" in caught.value.message
+        assert other.requests == [] and fake.requests == []
+
+    async def test_plain_http_to_an_allowed_file_host_is_refused(
+        self, fake: FakeBybit, other: FakeBybit
+    ) -> None:
+        client = make_client(fake.url, file_hosts=frozenset({f"127.0.0.1:{other.port}"}))
+        try:
+            with pytest.raises(BybitError, match="download refused"):
+                await client.download(f"{other.url}{other.add_file('a.png', PNG)}")
+        finally:
+            await client.aclose()
+        assert other.requests == []
+
+    async def test_an_allowed_https_file_host_is_fetched_without_the_key(
+        self, fake: FakeBybit, tmp_path: Path
+    ) -> None:
+        server_tls, client_tls = localhost_tls(tmp_path)
+        host = FakeBybit(public_files=True, ssl_context=server_tls)
+        host.start()
+        transport = httpx.AsyncHTTPTransport(verify=client_tls)
+        allowed = make_client(
+            fake.url, transport=transport, file_hosts=frozenset({f"localhost:{host.port}"})
+        )
+        other_port = make_client(fake.url, transport=transport, file_hosts=frozenset({"localhost"}))
+        try:
+            url = f"{host.url}{host.add_file('receipt.png', PNG)}"
+            assert url.startswith("https://localhost:")
+            file = await allowed.download(url)
+            assert file.data == PNG
+            (request,) = host.requests
+            assert not [h for h in request.headers if h.startswith("x-bapi-")]
+            with pytest.raises(BybitError, match="download refused"):
+                await other_port.download(url)  # "localhost" alone means port 443
+            assert len(host.requests) == 1 and fake.requests == []
+        finally:
+            await allowed.aclose()
+            await other_port.aclose()
+            host.stop()
+
+    def test_the_spec_names_no_file_host(self) -> None:
+        assert frozenset() == BYBIT_FILE_HOSTS
 
 
 class TestNoMoneyMoves:

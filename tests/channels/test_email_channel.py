@@ -265,6 +265,17 @@ class TestPoll:
             (False, None),
         ]
 
+    async def test_a_hostile_one_line_megabyte_mail_is_parsed_quickly(
+        self, imap: ImapServer
+    ) -> None:
+        line = b"1 2024 x <" + b"a@" * 500_000
+        imap.append(b"From: eve@example.org\r\nMessage-ID: <big@example.org>\r\n\r\n" + line)
+        imap.append(mail(2))
+        started = time.perf_counter()
+        messages = (await make_channel(imap).poll({})).messages
+        assert time.perf_counter() - started < 2
+        assert [len(m.text) for m in messages] == [len(line), len("Where is order 2?")]
+
     async def test_our_own_replies_are_not_customer_mail(self, imap: ImapServer) -> None:
         imap.append(mail(1, sender="ACME Support <Support@Example.com>"))
         imap.append(mail(2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -289,3 +290,45 @@ class TestBrokenInput:
     def test_latin1_body_declared_utf8(self) -> None:
         raw = b"Content-Type: text/plain; charset=utf-8\r\nFrom: a@b.c\r\n\r\ncaf\xe9"
         assert parse_message(raw).text == "café"
+
+
+class TestHostileInput:
+    """Regexes run on every line and header of untrusted mail: their cost must stay linear."""
+
+    @pytest.mark.parametrize(
+        "line",
+        [
+            "1 2024 x <" + "a@" * 32_000,  # the quote-header pattern, 64 KB
+            "1 2024 x <" + "a@" * 500_000,  # the same, 1 MB
+            "2024 <" * 170_000,
+            "On " + "a " * 500_000,
+            "_" * 1_000_000 + "x",
+            " " * 1_000_000 + "x",
+        ],
+        ids=["quote-header-64k", "quote-header-1m", "brackets-1m", "on-1m", "rule-1m", "space-1m"],
+    )
+    def test_a_huge_single_line_body_parses_quickly(self, line: str) -> None:
+        raw = b"From: a@b.c\r\nMessage-ID: <h@b.c>\r\n\r\n" + line.encode() + b"\r\n"
+        started = time.perf_counter()
+        inbound = parse_message(raw)
+        assert time.perf_counter() - started < 2
+        assert inbound.text == line.strip()
+
+    @pytest.mark.parametrize("value", ["a" * 200_000, "<" + "a" * 200_000, "x@" + "a" * 200_000])
+    def test_a_huge_references_header_parses_quickly(self, value: str) -> None:
+        raw = f"From: a@b.c\r\nReferences: {value}\r\nIn-Reply-To: {value}\r\n\r\nhi\r\n"
+        started = time.perf_counter()
+        inbound = parse_message(raw.encode())
+        assert time.perf_counter() - started < 2
+        assert inbound.text == "hi"
+
+    def test_many_quote_header_like_lines_parse_quickly(self) -> None:
+        line = "1 2024 x <" + "a@" * 450
+        started = time.perf_counter()
+        assert trim_quoted("\n".join([line] * 1000)).startswith("1 2024 x <a@a@")
+        assert time.perf_counter() - started < 2
+
+    def test_a_long_line_is_never_taken_for_an_attribution(self) -> None:
+        assert trim_quoted("New\n\nИван написал" + " " * 500 + ":\n> old") == "New"
+        padded = "Иван написал" + " " * 2000 + ":"
+        assert trim_quoted(f"New\n\n{padded}\n> old") == f"New\n\n{padded}"

@@ -5,6 +5,7 @@ customer view that never shows drafts or provenance."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from frankly.channels.base import Channel, ContextField, OutboundMessage
 from frankly.channels.models import ChannelAccount, ChannelKind
 from frankly.channels.service import MAX_ATTACHMENT_BYTES
 from frankly.channels.widget.channel import WidgetChannel
-from frankly.channels.widget.visitor import COOKIE, SlidingWindow, sign, verify
+from frankly.channels.widget.visitor import COOKIE, Limits, SlidingWindow, sign, verify
 from frankly.config import get_settings
 from frankly.conversations.models import Conversation, Message
 from frankly.db import Database, commit
@@ -55,8 +56,8 @@ async def widget(db: Database) -> int:
     return await add_widget(db, "shop", title="Shop help", greeting="Hello from the shop desk")
 
 
-async def visitor_client(app: FastAPI) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+async def visitor_client(app: FastAPI, ip: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=(ip, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
@@ -270,6 +271,8 @@ class TestAttachments:
         fetched = await visitor.get(file["url"])
         assert fetched.status_code == 200 and fetched.content == PNG
         assert fetched.headers["content-type"] == "image/png"
+        policy = [d.strip() for d in fetched.headers["content-security-policy"].split(";")]
+        assert {"default-src 'none'", "sandbox", "frame-ancestors 'none'"} <= set(policy)
         pdf = await upload(visitor, PDF, name="invoice.pdf", declared="application/octet-stream")
         assert pdf.status_code == 201
         assert pdf.json()["message"]["attachments"][0]["content_type"] == "application/pdf"
@@ -303,8 +306,8 @@ class TestIsolation:
             assert [m["text"] for m in await messages(other)] == ["hello from B"]
         assert [m["text"] for m in await messages(visitor)] == ["secret of A", ""]
 
-    async def test_a_tampered_cookie_is_a_new_identity_not_an_error(
-        self, app: FastAPI, visitor: httpx.AsyncClient
+    async def test_a_bad_cookie_gets_a_new_identity_on_the_page_and_a_403_on_writes(
+        self, app: FastAPI, visitor: httpx.AsyncClient, db: Database
     ) -> None:
         await say(visitor, "secret of A")
         value = visitor.cookies[COOKIE]
@@ -313,20 +316,69 @@ class TestIsolation:
         other_secret = sign(visitor_id, secret="another-secret-of-32-characters!")
         for cookie in (forged, other_secret, "garbage", f"{'0' * 32}.x"):
             async with await visitor_client(app) as mallory:
+                mallory.cookies.set(COOKIE, cookie)
+                read = await mallory.get("/chat/shop/messages")
+                assert read.json() == {"messages": [], "more": False, "started": False}
+                assert "set-cookie" not in read.headers  # reads mint no identity
+                sent = await say(mallory, "hi")
+                assert sent.status_code == 403, sent.text
+                assert sent.json()["error"] == "reload_needed"
+                assert "reload the chat" in sent.json()["detail"]
+                assert "set-cookie" not in sent.headers
+                assert (await upload(mallory, PNG)).status_code == 403
+                mallory.cookies.clear()  # only the page load mints a visitor
                 page = await mallory.get("/chat/shop", headers={"cookie": f"{COOKIE}={cookie}"})
                 assert page.status_code == 200
                 new = page.cookies[COOKIE]
-                assert verify(new, secret=get_settings().effective_secret()) != visitor_id
+                assert verify(new, secret=get_settings().effective_secret()) not in {
+                    None,
+                    visitor_id,
+                }
                 assert await messages(mallory) == []
-        async with await visitor_client(app) as mallory:
-            sent = await mallory.post(  # a write with a bad cookie: a fresh visitor too
-                "/chat/shop/messages",
-                json={"id": key(), "text": "hi"},
-                headers={**HEADERS, "cookie": f"{COOKIE}={forged}"},
-            )
-            assert sent.status_code == 201
-            assert [m["text"] for m in await messages(mallory)] == ["hi"]
+                assert (await say(mallory, "hello")).status_code == 201
         assert [m["text"] for m in await messages(visitor)] == ["secret of A"]
+        assert await count_messages(db) == 5
+
+
+class TestBadInput:
+    """Out-of-range ids and broken URLs are 422s or ignored, never 500s (on both databases)."""
+
+    @pytest.mark.parametrize("after", [2**31, 2**63, 2**64, 10**30, -1])
+    async def test_after_beyond_the_id_range_is_422(
+        self, visitor: httpx.AsyncClient, after: int
+    ) -> None:
+        await say(visitor, "hi")
+        response = await visitor.get(f"/chat/shop/messages?after={after}")
+        assert response.status_code == 422 and "after" in response.json()["detail"]
+        edge = await visitor.get(f"/chat/shop/messages?after={2**31 - 1}")
+        assert edge.status_code == 200 and edge.json()["messages"] == []
+
+    @pytest.mark.parametrize("file_id", [2**31, 2**63, 2**64, 10**30])
+    async def test_file_ids_beyond_the_id_range_are_422(
+        self, visitor: httpx.AsyncClient, file_id: int
+    ) -> None:
+        await upload(visitor, PNG)
+        assert (await visitor.get(f"/chat/shop/files/{file_id}")).status_code == 422
+        assert (await visitor.get(f"/chat/shop/files/{2**31 - 1}")).status_code == 404
+
+    @pytest.mark.parametrize("url", ["http://[x", "https://[::1/a", "http://[", "//[/"])
+    async def test_a_malformed_page_url_is_ignored(
+        self, visitor: httpx.AsyncClient, db: Database, url: str
+    ) -> None:
+        page = await visitor.get("/chat/shop", params={"embed": "1", "page": url})
+        assert page.status_code == 200 and 'data-page-url=""' in page.text
+        sent = await say(visitor, "hi", page_url=url)
+        assert sent.status_code == 201, sent.text
+        files = await visitor.post(
+            "/chat/shop/attachments",
+            data={"id": key(), "text": "", "page_url": url},
+            files={"file": ("a.png", PNG, "image/png")},
+            headers=HEADERS,
+        )
+        assert files.status_code == 201, files.text
+        async with db.sessionmaker() as session:
+            conversation = await session.scalar(select(Conversation))
+        assert conversation is not None and "page_url" not in conversation.context
 
 
 class TestRateLimits:
@@ -345,6 +397,61 @@ class TestRateLimits:
     async def test_uploads_are_limited_more_strictly(self, visitor: httpx.AsyncClient) -> None:
         statuses = [(await upload(visitor, PNG)).status_code for _ in range(6)]
         assert statuses == [201] * 5 + [429]
+
+    async def test_new_conversations_per_address_are_capped(
+        self, app: FastAPI, widget: int, db: Database
+    ) -> None:
+        # IPv6 is counted per /64: rotating addresses within one network does not help.
+        clients = [await visitor_client(app, f"2001:db8::{n + 1:x}") for n in range(11)]
+        try:
+            for http in clients:
+                await http.get("/chat/shop")
+            statuses = [(await say(http, "hi")).status_code for http in clients[:10]]
+            assert statuses == [201] * 10
+            refused = await say(clients[10], "hi")
+            assert refused.status_code == 429, refused.text
+            assert "new chats from this address: at most 10 per hour" in refused.json()["detail"]
+            assert 3000 < int(refused.headers["retry-after"]) <= 3600
+            assert (await upload(clients[10], PNG)).status_code == 429
+            # Visitors who already have a conversation carry on.
+            assert (await say(clients[0], "still me")).status_code == 201
+        finally:
+            for http in clients:
+                await http.aclose()
+        async with await visitor_client(app, "2001:db8:0:1::1") as elsewhere:
+            await elsewhere.get("/chat/shop")
+            assert (await say(elsewhere, "hi")).status_code == 201
+        async with db.sessionmaker() as session:
+            assert await session.scalar(select(func.count(Conversation.id))) == 11
+
+    def test_the_address_is_checked_first_and_its_refusals_cost_the_visitor_nothing(
+        self,
+    ) -> None:
+        limits = Limits(
+            messages_per_ip=SlidingWindow(limit=2, window=60),
+            messages_per_visitor=SlidingWindow(limit=5, window=60),
+        )
+        assert limits.check(upload=False, visitor="a", ip="1.2.3.4") is None
+        assert limits.check(upload=False, visitor="a", ip="1.2.3.4") is None
+        refused = limits.check(upload=False, visitor="b", ip="1.2.3.4")
+        assert refused is not None and "from this address" in refused[1]
+        assert len(limits.messages_per_visitor) == 1  # "b" was never counted
+        for ip in ("5.6.7.8", "5.6.7.9", "5.6.7.10"):
+            assert limits.check(upload=False, visitor="a", ip=ip) is None
+        over = limits.check(upload=False, visitor="a", ip="9.9.9.9")
+        assert over is not None and "from this visitor" in over[1]
+
+    def test_a_full_window_forgets_the_oldest_key_not_everything(self) -> None:
+        window = SlidingWindow(limit=1, window=60, max_keys=3)
+        for t, name in enumerate("abc"):
+            assert window.hit(name, now=t) is None
+        assert window.hit("a", now=3) is not None  # a refused hit does not refresh "a"
+        assert window.hit("d", now=4) is None  # full: "a", the least recently hit, goes
+        assert len(window) == 3
+        assert window.hit("b", now=5) is not None and window.hit("c", now=5) is not None
+        assert window.hit("a", now=5) is None  # forgotten, so allowed again
+        assert window.hit("e", now=100) is None  # all idle: they go first
+        assert len(window) == 1
 
     def test_sliding_window_per_key(self) -> None:
         window = SlidingWindow(limit=3, window=60)
@@ -452,6 +559,54 @@ class TestLiveFeed:
                     assert json.loads(nudge) == {"type": "changed"}  # nothing but a nudge
                     replies = await messages(http)
                     assert replies[-1]["author"] == "desk"
+        finally:
+            await server.stop()
+
+
+async def closed_with(ws: Any) -> tuple[int, str]:
+    """The close code and reason a server-closed socket got (skipping "ready" and pings)."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+class TestSocketLimits:
+    async def test_a_visitor_may_hold_three_sockets_and_idle_ones_are_closed(
+        self, app: FastAPI, widget: int
+    ) -> None:
+        server = Server(app)
+        await server.start()
+        try:
+            async with httpx.AsyncClient(base_url=server.base, timeout=10) as http:
+                await http.get("/chat/shop")
+                assert (await say(http, "hello")).status_code == 201
+                cookie = {"Cookie": f"{COOKIE}={http.cookies[COOKIE]}"}
+                visitor = verify(http.cookies[COOKIE], secret=get_settings().effective_secret())
+                url = server.base.replace("http://", "ws://") + "/chat/shop/ws"
+                async with contextlib.AsyncExitStack() as stack:
+                    sockets = [
+                        await stack.enter_async_context(connect(url, additional_headers=cookie))
+                        for _ in range(3)
+                    ]
+                    for ws in sockets:
+                        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "ready"}
+                    async with connect(url, additional_headers=cookie) as fourth:
+                        code, reason = await closed_with(fourth)
+                    assert code == 4429 and "at most 3" in reason
+                    await sockets[0].close()
+                    await wait_until(lambda: app.state.widget_sockets.open_for(visitor) == 2)
+                    async with connect(url, additional_headers=cookie) as again:
+                        assert json.loads(await asyncio.wait_for(again.recv(), 5))["type"] == (
+                            "ready"
+                        )
+                await wait_until(lambda: app.state.widget_sockets.open_for(visitor) == 0)
+
+                app.state.widget_idle_seconds = 0.3
+                async with connect(url, additional_headers=cookie) as idle:
+                    assert json.loads(await asyncio.wait_for(idle.recv(), 5))["type"] == "ready"
+                    assert await closed_with(idle) == (4408, "idle")
         finally:
             await server.stop()
 

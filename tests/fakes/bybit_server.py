@@ -3,7 +3,9 @@
 It verifies every signature over the exact bytes received and the timestamp window, enforces the
 per-account limits (10 reads/s, 5 writes/s → retCode 10006 with X-Bapi-Limit-Reset-Timestamp),
 pages pending orders and chats, serves chat files, dedupes sends on msgUuid (counting repeats),
-and can be told to fail (403, 5xx, malformed bodies, rate limits, slow answers).
+and can be told to fail (403, 5xx, malformed bodies, rate limits, slow answers). With
+``public_files=True`` it also plays a file host that serves files unsigned (as a CDN would), and
+with ``ssl_context`` it serves https (``url`` then names ``localhost``).
 
 In-process: ``fake = FakeBybit(); fake.start(); ...; fake.stop()``.
 Separate process: ``python -m tests.fakes.bybit_server --port 0 --state-file state.json`` prints
@@ -21,6 +23,7 @@ import itertools
 import json
 import os
 import signal
+import ssl
 import threading
 import time
 from collections import deque
@@ -102,6 +105,8 @@ class FakeBybit:
         clock_offset_ms: int = 0,
         state_file: str | Path | None = None,
         port: int = 0,
+        public_files: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.accounts = {a.api_key: a for a in (accounts or [Account()])}
         self.envelope = envelope
@@ -110,6 +115,8 @@ class FakeBybit:
         self.clock_offset_ms = clock_offset_ms
         self.state_file = Path(state_file) if state_file else None
         self.port = port
+        self.public_files = public_files
+        self.ssl_context = ssl_context
         self.lock = threading.RLock()
         self.orders: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
@@ -131,6 +138,10 @@ class FakeBybit:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = _Server(("127.0.0.1", self.port), handler)
         self.port = self._server.server_address[1]
+        if self.ssl_context is not None:
+            self._server.socket = self.ssl_context.wrap_socket(
+                self._server.socket, server_side=True
+            )
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True
         )
@@ -145,6 +156,8 @@ class FakeBybit:
 
     @property
     def url(self) -> str:
+        if self.ssl_context is not None:
+            return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 
     # -- scripting -------------------------------------------------------------------------------
@@ -229,9 +242,11 @@ class FakeBybit:
         user_id: str | None = None,
         msg_type: int | None = None,
         created_ms: int | None = None,
+        url: str | None = None,
     ) -> str:
         """A chat message: by default from the order's buyer. `kind` is str/pic/pdf/video;
-        files are stored and the message carries their relative URL."""
+        files are stored and the message carries their relative URL (or `url`, verbatim, e.g.
+        a file on another host)."""
         with self.lock:
             order = self.orders[order_id]
             sender = user_id if user_id is not None else order["targetUserId"]
@@ -241,7 +256,7 @@ class FakeBybit:
                 name = file_name or f"{mid}.{ {'pic': 'png', 'pdf': 'pdf', 'video': 'mp4'}[kind] }"
                 ctype = {"pic": "image/png", "pdf": "application/pdf", "video": "video/mp4"}[kind]
                 self.files[f"p2p/{mid}/{name}"] = (ctype, data)
-                message = f"{FILE_PREFIX}p2p/{mid}/{name}"
+                message = url if url is not None else f"{FILE_PREFIX}p2p/{mid}/{name}"
                 file_name = name
             default_type = {"str": 1, "pic": 2, "pdf": 7, "video": 8}[kind]
             own = sender == self.accounts[order["_api_key"]].user_id
@@ -266,6 +281,12 @@ class FakeBybit:
             )
             self._save()
             return mid
+
+    def add_file(self, name: str, data: bytes, content_type: str = "image/png") -> str:
+        """A file with no chat message (as on a file host); returns its path."""
+        with self.lock:
+            self.files[f"files/{name}"] = (content_type, data)
+            return f"{FILE_PREFIX}files/{name}"
 
     def add_system_message(self, order_id: str, text: str) -> str:
         return self.add_message(order_id, text, user_id="0", msg_type=0)
@@ -492,6 +513,46 @@ class FakeBybit:
             return [m["message"] for m in self.messages[order_id] if m["userId"] == me]
 
 
+def localhost_tls(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts for a fresh self-signed `localhost` certificate written
+    under `directory`; the client context trusts only that certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "localhost.pem", directory / "localhost.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_path, key_path)
+    client = ssl.create_default_context(cafile=str(cert_path))
+    return server, client
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many concurrent clients (the benchmark) must not hit SYN drops
@@ -594,6 +655,13 @@ class _Handler(BaseHTTPRequestHandler):
                 }.get(failure.kind, b"<html>bad gateway</html>")
                 self._reply(record.status, text, "text/html")
                 return
+        if method == "GET" and fake.public_files and "x-bapi-api-key" not in headers:
+            try:
+                self._file(record, path)
+            except _Reject as exc:
+                record.status = exc.http_status
+                self._reply(exc.http_status, exc.message.encode(), "text/plain")
+            return
         try:
             account, _, _ = fake.authenticate(headers, body if method == "POST" else query.encode())
             frees_at = fake.throttle(account, path)

@@ -38,6 +38,7 @@ from frankly.channels.bybit.client import (
     BybitRateLimited,
     BybitUnavailable,
 )
+from frankly.channels.service import sniff_content_type
 
 log = logging.getLogger("frankly.channels.bybit")
 
@@ -45,6 +46,10 @@ DEFAULT_BASE_URL = "https://api.bybit.com"
 PAGE_SIZE = 30
 MAX_PAGES = 20  # 600 orders or messages per listing: far beyond a desk's open orders
 MAX_SEEN = 500  # message ids remembered per open order
+# Chat files Frankly keeps, by their sniffed type (the upload endpoint takes jpg, png, pdf, mp4).
+KEPT_FILE_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf"}
+)
 CURSOR_VERSION = 1
 
 STATUS_NAMES = {
@@ -304,7 +309,7 @@ class BybitChannel:
         system = msg_type == 0 or message.get("roleType") == "sys"
         support = msg_type in (5, 6)
         body = str(message.get("message") or "")
-        name = str(message.get("fileName") or "") or posixpath.basename(urlsplit(body).path)
+        name = str(message.get("fileName") or "") or _file_name(body)
         attachments: list[InboundAttachment] = []
         text = body
         if not system and (msg_type in (2, 6, 7) or content in ("pic", "pdf")):
@@ -316,11 +321,13 @@ class BybitChannel:
             except BybitError as exc:
                 text = f"[{kind} {name} could not be downloaded: {exc.message}]"
             else:
-                declared = file.content_type
-                if not declared.startswith("image/") and declared != "application/pdf":
-                    declared = "application/pdf" if kind == "pdf" else "image/jpeg"
-                attachments.append(InboundAttachment(name or f"{kind}", declared, file.data))
-                text = ""
+                # The bytes decide the type (a header or the message's contentType can lie).
+                real = sniff_content_type(file.data, "")
+                if real in KEPT_FILE_TYPES:
+                    attachments.append(InboundAttachment(name or f"{kind}", real, file.data))
+                    text = ""
+                else:
+                    text = f"[{kind} {name} was not kept: not a JPEG, PNG, GIF, WebP or PDF file]"
         elif msg_type == 8 or content == "video":
             text = f"[video: {name or 'video'}]"
         if support:
@@ -402,6 +409,14 @@ def _int(value: Any, default: int = 0) -> int:
 
 def _str(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _file_name(url: str) -> str:
+    """The last path segment of a file URL ("" if the URL cannot be parsed)."""
+    try:
+        return posixpath.basename(urlsplit(url).path)
+    except ValueError:
+        return ""
 
 
 def _ms_to_datetime(value: Any) -> datetime | None:

@@ -38,6 +38,13 @@ AUTH_CODES = frozenset({10003, 10004, 10005, 10007, 10009, 10010})
 SERVER_ERROR_CODES = frozenset({10016})
 SUCCESS = 0
 
+# Hosts (`host` for port 443, or `host:port`) that may serve chat files outside the API origin,
+# fetched over https and never with the key or a signature. The spec (docs/p2p upload and chat
+# pages, pybit 5.17) only ever shows files as relative `/fiat/p2p/oss/...` paths on the API
+# host and names no file host, so none is allowed: absolute URLs elsewhere are refused.
+BYBIT_FILE_HOSTS: frozenset[str] = frozenset()
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
 
 class BybitError(Exception):
     """Bybit refused a request; `code` is the retCode (or HTTP status, or -1 for no answer)."""
@@ -128,6 +135,7 @@ class BybitClient:
         ip_ban_backoff_cap: float = 60.0,
         max_rate_limit_wait: float = 10.0,
         max_download_bytes: int = 10 * 1024 * 1024,
+        file_hosts: frozenset[str] = BYBIT_FILE_HOSTS,
     ) -> None:
         if not api_key or not api_secret:
             raise ValueError("Bybit needs both an API key and an API secret")
@@ -141,6 +149,7 @@ class BybitClient:
         self.ip_ban_backoff_cap = ip_ban_backoff_cap
         self.max_rate_limit_wait = max_rate_limit_wait
         self.max_download_bytes = max_download_bytes
+        self.file_hosts = frozenset(host.lower() for host in file_hosts)
         self.reads = RateLimiter(reads_per_second)
         self.writes = RateLimiter(writes_per_second)
         self._http = httpx.AsyncClient(
@@ -186,14 +195,14 @@ class BybitClient:
         await self._post(PATH_SEND_MESSAGE, body, write=True)
 
     async def download(self, url: str) -> DownloadedFile:
-        """Fetch a chat file; relative `/fiat/p2p/oss/...` paths are joined to the base URL.
-        The API key is only sent to the API host itself."""
-        absolute = urljoin(self.base_url + "/", url)
-        own_host = urlsplit(absolute).netloc == urlsplit(self.base_url).netloc
+        """Fetch a chat file named in a (counterparty-written) message. Relative paths such as
+        `/fiat/p2p/oss/...`, and absolute URLs on the API origin, are fetched signed; https URLs
+        on `file_hosts` unsigned; anything else is refused (`BybitError`, code -1) unfetched."""
+        absolute, signed = self._file_url(url)
         query = urlsplit(absolute).query
 
         async def attempt() -> DownloadedFile:
-            headers = self._auth_headers(query) if own_host else {}
+            headers = self._auth_headers(query) if signed else {}
             async with self.reads.slot(), self._http.stream("GET", absolute, headers=headers) as r:
                 if r.status_code != 200:
                     await r.aread()
@@ -212,6 +221,28 @@ class BybitClient:
                 return DownloadedFile(b"".join(chunks), kind.split(";")[0].strip())
 
         return await self._with_retries(attempt)
+
+    def _file_url(self, url: str) -> tuple[str, bool]:
+        """The absolute URL to fetch for `url` and whether it may carry the key and signature.
+        Decided on the URL httpx will request (after joining), so `//host/x`-style tricks and
+        look-alike hosts land in the refused branch."""
+        if not url or any(ch.isspace() or ord(ch) < 32 or ch == "\\" for ch in url):
+            raise BybitError(-1, "download refused: the file URL is empty or malformed")
+        try:
+            absolute = urljoin(self.base_url + "/", url)
+            target = _origin(absolute)
+            own = _origin(self.base_url)
+        except ValueError as exc:
+            raise BybitError(-1, f"download refused: {exc}") from None
+        if target == own:
+            return absolute, True
+        scheme, host, port = target
+        allowed = f"{host}:{port}" in self.file_hosts or (port == 443 and host in self.file_hosts)
+        if scheme == "https" and allowed:
+            return absolute, False
+        raise BybitError(
+            -1, f"download refused: {scheme}://{host}:{port} is not the Bybit API or a file host"
+        )
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -342,6 +373,20 @@ def _reset_wait(response: httpx.Response) -> float:
         return max(0.0, int(raw) / 1000 - time.time()) if raw else 1.0
     except ValueError:
         return 1.0
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of `url` as httpx will connect to it; ValueError if unusable."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError(f"not a valid URL: {url[:100]!r}") from None
+    scheme = parsed.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parsed.host:
+        raise ValueError(f"not an http(s) URL: {url[:100]!r}")
+    if parsed.userinfo:
+        raise ValueError("the URL carries a user name or password")
+    return scheme, parsed.host.lower(), parsed.port or _DEFAULT_PORTS[scheme]
 
 
 def _as_dict(result: Any, path: str) -> dict[str, Any]:

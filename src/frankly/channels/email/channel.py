@@ -208,11 +208,16 @@ class EmailChannel:
         self._idle = batch.idle
         self._backlog = batch.more
         self._position = (batch.uidvalidity, batch.last_uid)
-        messages = [m for m in (self._inbound(mail.raw) for mail in batch.mails) if m is not None]
+        # Parsing is CPU work on untrusted input: keep it off the event loop the web app shares.
+        messages = await asyncio.to_thread(self._parse_batch, [mail.raw for mail in batch.mails])
         return PollResult(
             messages=messages,
             cursor={"uidvalidity": batch.uidvalidity, "last_uid": batch.last_uid},
         )
+
+    def _parse_batch(self, raws: list[bytes]) -> list[InboundMessage]:
+        """The customer mails among `raws` (runs in a worker thread)."""
+        return [m for m in (self._inbound(raw) for raw in raws) if m is not None]
 
     def _inbound(self, raw: bytes) -> InboundMessage | None:
         message = parse_message(raw)

@@ -112,9 +112,19 @@ def normalise_message_id(value: str) -> str | None:
     return f"<{inner.lower()}>"
 
 
+# Bracketed ids, or maximal runs of id characters (kept below only if they hold an inner "@").
+# Each alternative stops at the next delimiter, so scanning a header is linear in its length
+# (a pattern like `[^\s<>()]+@[^\s<>()]+` is quadratic on a long run with no "@").
+_ID_TOKEN_RE = re.compile(r"<[^<>]*>|[^\s<>()]+")
+
+
 def _ids(value: str) -> list[str]:
     # Bracketed ids, or bare tokens that look like ids (not comments such as "(Bob's mail)").
-    tokens = re.findall(r"<[^<>]*>|[^\s<>()]+@[^\s<>()]+", value)
+    tokens = [
+        token
+        for token in _ID_TOKEN_RE.findall(value)
+        if token.startswith("<") or "@" in token[1:-1]
+    ]
     out: list[str] = []
     for item in tokens:
         norm = normalise_message_id(item)
@@ -245,9 +255,12 @@ _ATTRIBUTION = [
     re.compile(
         r"^.{0,400}\b(написал|написала|написал\(а\)|пишет)\s*:\s*$", re.IGNORECASE | re.DOTALL
     ),
-    # Gmail/Yandex in Russian and others: "пн, 15 янв. 2024 г. в 12:00, Иван <ivan@x.ru>:"
-    re.compile(r"^.{0,300}\d{4}.{0,300}<[^<>\s]+@[^<>\s]+>\s*:\s*$", re.DOTALL),
+    # Gmail/Yandex in Russian and others: "пн, 15 янв. 2024 г. в 12:00, Иван <ivan@x.ru>:".
+    # The address parts are bounded (RFC 5321 limits) so a hostile line costs linear time.
+    re.compile(r"^.{0,300}\d{4}.{0,300}<[^<>\s@]{1,64}@[^<>\s@]{1,255}>\s*:\s*$", re.DOTALL),
 ]
+# Quote headers are short; longer lines skip the heuristics so their cost stays bounded.
+MAX_HEURISTIC_LINE = 1000
 _SEPARATORS = [
     re.compile(r"^\s*-{2,}\s*Original Message\s*-{2,}\s*$", re.IGNORECASE),
     re.compile(r"^\s*-{2,}\s*Исходное сообщение\s*-{2,}\s*$", re.IGNORECASE),
@@ -263,6 +276,28 @@ _MOBILE_FOOTER = re.compile(
 )
 
 
+def _starts_quote(lines: list[str], index: int, stripped: str) -> bool:
+    """Whether line `index` (`stripped`, at most `MAX_HEURISTIC_LINE` long) opens quoted
+    history: a separator, an attribution ("On … wrote:", possibly wrapped) or Outlook headers."""
+    if any(p.match(stripped) for p in _SEPARATORS):
+        return True
+    if any(p.match(stripped) for p in _ATTRIBUTION):
+        return True
+    # Attribution lines are often wrapped onto two lines by the sender's client.
+    following = lines[index + 1].strip() if index + 1 < len(lines) else None
+    if (
+        following is not None
+        and following.endswith(":")
+        and not stripped.startswith(">")
+        and len(stripped) + len(following) < MAX_HEURISTIC_LINE
+        and any(p.match(f"{stripped} {following}") for p in _ATTRIBUTION)
+    ):
+        return True
+    return bool(_OUTLOOK_FROM.match(stripped)) and any(
+        _OUTLOOK_NEXT.match(line) for line in lines[index + 1 : index + 4]
+    )
+
+
 def trim_quoted(text: str) -> str:
     """The new part of a reply: quoted history ("On … wrote:", "> " lines, Outlook headers,
     Russian "…написал(а):") and the "-- " signature removed. Returns the input if nothing
@@ -273,22 +308,7 @@ def trim_quoted(text: str) -> str:
         stripped = line.rstrip()
         if stripped in {"--", "-- "} or line == "-- ":
             break
-        if any(p.match(stripped) for p in _SEPARATORS):
-            break
-        # Attribution lines are often wrapped onto two lines by the sender's client.
-        joined = stripped
-        if index + 1 < len(lines):
-            joined = f"{stripped} {lines[index + 1].strip()}"
-        if any(p.match(stripped) for p in _ATTRIBUTION) or (
-            index + 1 < len(lines)
-            and not stripped.startswith(">")
-            and any(p.match(joined) for p in _ATTRIBUTION)
-            and lines[index + 1].strip().endswith(":")
-        ):
-            break
-        if _OUTLOOK_FROM.match(stripped) and any(
-            _OUTLOOK_NEXT.match(following) for following in lines[index + 1 : index + 4]
-        ):
+        if len(stripped) <= MAX_HEURISTIC_LINE and _starts_quote(lines, index, stripped):
             break
         if stripped.lstrip().startswith(">"):
             continue

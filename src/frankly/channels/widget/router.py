@@ -3,17 +3,21 @@ embeddable script `/widget/{desk}.js` that puts a launcher and the page (in an i
 merchant's site.
 
 Writes need the page's `X-Frankly-Widget: 1` header (a cross-site form cannot send it, and a
-cross-site fetch would need a CORS preflight that is never granted), the visitor cookie, and,
-when the browser sends one, an Origin of this host or one of the desk's allowed origins.
+cross-site fetch would need a CORS preflight that is never granted), a valid visitor cookie (only
+the page load mints one), and, when the browser sends one, an Origin of this host or one of the
+desk's allowed origins. Writes are rate limited per address, then per visitor; the conversations
+an address may start and the live sockets it may hold are capped too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import math
+import time
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, WebSocket
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -37,6 +42,7 @@ from frankly.channels.widget.visitor import (
     COOKIE_MAX_AGE,
     COOKIE_PATH,
     Limits,
+    SocketCounts,
     new_visitor_id,
     sign,
     verify,
@@ -71,7 +77,11 @@ PING_SECONDS = 25.0
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_IDLE = 4408
+CLOSE_TOO_MANY = 4429
 CLOSE_UNAVAILABLE = 1011
+IDLE_SECONDS = 600.0  # a socket with no news or client traffic for this long is closed
+MAX_ID = 2**31 - 1  # message and file ids are INTEGER on PostgreSQL: larger is a 422, not a 500
 ACCEPTED_FILES = "image/jpeg,image/png,image/gif,image/webp,application/pdf"
 
 TEXTS: dict[str, dict[str, str]] = {
@@ -95,6 +105,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "bad_type": "Only JPEG, PNG, GIF or WebP images and PDF files can be sent.",
         "cookies": "This browser blocked the chat's cookie here; open the chat in its own tab.",
         "open_tab": "Open the chat",
+        "reload": "Reload the chat",
     },
     "ru": {
         "title": "Напишите нам",
@@ -116,6 +127,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "bad_type": "Можно отправлять только изображения JPEG, PNG, GIF, WebP и файлы PDF.",
         "cookies": "Браузер заблокировал cookie чата здесь; откройте чат в отдельной вкладке.",
         "open_tab": "Открыть чат",
+        "reload": "Перезагрузить чат",
     },
 }
 
@@ -208,8 +220,17 @@ def set_visitor_cookie(
     )
 
 
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _client_ip(request: Request | WebSocket) -> str:
+    """The address limits are counted by: the peer's IP, or its /64 for IPv6 (one host
+    usually holds a whole /64, so single addresses would be free to rotate)."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _limits(request: Request) -> Limits:
@@ -219,11 +240,19 @@ def _limits(request: Request) -> Limits:
     return limits
 
 
+def _sockets(websocket: WebSocket) -> SocketCounts:
+    counts: SocketCounts | None = getattr(websocket.app.state, "widget_sockets", None)
+    if counts is None:
+        counts = websocket.app.state.widget_sockets = SocketCounts()
+    return counts
+
+
 def _rate_limited(request: Request, *, upload: bool, visitor: str) -> JSONResponse | None:
     exceeded = _limits(request).check(upload=upload, visitor=visitor, ip=_client_ip(request))
-    if exceeded is None:
-        return None
-    wait, what = exceeded
+    return None if exceeded is None else _too_many(*exceeded)
+
+
+def _too_many(wait: float, what: str) -> JSONResponse:
     seconds = max(math.ceil(wait), 1)
     return JSONResponse(
         {"error": "rate_limited", "detail": f"{what}; try again in {seconds} s"},
@@ -283,8 +312,15 @@ async def current_desk(desk: str, session: SessionDep) -> Desk:
 DeskDep = Annotated[Desk, Depends(current_desk)]
 
 
-def guarded_visitor(request: Request, response: Response, desk: DeskDep) -> str:
-    """The visitor behind a write: the page's header, this site's origin, and the cookie."""
+class ReloadNeeded(Forbidden):
+    """A write whose visitor cookie does not verify (tampered, or signed with an old secret)."""
+
+    error = "reload_needed"
+
+
+def guarded_visitor(request: Request, desk: DeskDep) -> str:
+    """The visitor behind a write: the page's header, this site's origin, and a valid cookie
+    (identities are minted only by the page load, so junk cookies cannot dodge the limits)."""
     if request.headers.get(WIDGET_HEADER) != "1":
         raise Forbidden("send this request from the chat page (X-Frankly-Widget header missing)")
     if not _origin_allowed(request.headers.get("origin"), request.headers.get("host"), desk):
@@ -294,23 +330,21 @@ def guarded_visitor(request: Request, response: Response, desk: DeskDep) -> str:
             "the chat's cookie is missing (blocked by the browser?); reload or open the chat "
             "in its own tab"
         )
-    visitor, new = visitor_of(request)
-    if new:  # tampered or from an old secret: carry on as a new visitor
-        set_visitor_cookie(request, response, visitor)
+    visitor = verify(request.cookies.get(COOKIE), secret=_secret())
+    if visitor is None:
+        raise ReloadNeeded("this chat session is not valid any more; reload the chat")
     return visitor
 
 
 WriteVisitor = Annotated[str, Depends(guarded_visitor)]
 
 
-def reading_visitor(request: Request, response: Response) -> str:
-    visitor, new = visitor_of(request)
-    if new:
-        set_visitor_cookie(request, response, visitor)
-    return visitor
+def reading_visitor(request: Request) -> str | None:
+    """The visitor reading, or None without a valid cookie (who then has nothing to read)."""
+    return verify(request.cookies.get(COOKIE), secret=_secret())
 
 
-ReadVisitor = Annotated[str, Depends(reading_visitor)]
+ReadVisitor = Annotated[str | None, Depends(reading_visitor)]
 
 
 # Pages and scripts -----------------------------------------------------------------------------
@@ -340,6 +374,7 @@ async def chat_page(
             "bad_type",
             "cookies",
             "open_tab",
+            "reload",
         )
     }
     response = templates.TemplateResponse(
@@ -389,9 +424,11 @@ async def list_messages(
     desk: DeskDep,
     visitor: ReadVisitor,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> MessagePage:
     """The visitor's conversation after message id `after` (their messages and sent replies)."""
+    if visitor is None:
+        return MessagePage(messages=[], more=False, started=False)
     conversation = await service.find_conversation(session, desk=desk, visitor=visitor)
     if conversation is None:
         return MessagePage(messages=[], more=False, started=False)
@@ -414,7 +451,11 @@ async def _store(
     text: str,
     page_url: str | None,
     files: list[Any] | None = None,
-) -> Sent:
+) -> Sent | JSONResponse:
+    if await service.find_conversation(session, desk=desk, visitor=visitor) is None:
+        exceeded = _limits(request).check_new_conversation(ip=_client_ip(request))
+        if exceeded is not None:
+            return _too_many(*exceeded)
     context = {
         "desk": desk.name,
         "page_url": service.page_url(page_url),
@@ -501,10 +542,16 @@ async def send_attachment(
 
 @router.get("/chat/{desk}/files/{attachment_id}", include_in_schema=False)
 async def get_file(
-    attachment_id: int, desk: DeskDep, visitor: ReadVisitor, session: SessionDep
+    attachment_id: Annotated[int, PathParam(ge=0, le=MAX_ID)],
+    desk: DeskDep,
+    visitor: ReadVisitor,
+    session: SessionDep,
 ) -> Response:
-    """A file from the visitor's own conversation (404 for anyone else's)."""
-    conversation = await service.find_conversation(session, desk=desk, visitor=visitor)
+    """A file from the visitor's own conversation (404 for anyone else's). Served sandboxed
+    and unframeable: it is the visitor's upload, so nothing in it may run or be overlaid."""
+    conversation = (
+        await service.find_conversation(session, desk=desk, visitor=visitor) if visitor else None
+    )
     row = await service.visitor_attachment(
         session, conversation=conversation, attachment_id=attachment_id
     )
@@ -515,7 +562,7 @@ async def get_file(
         headers={
             "content-disposition": f"{disposition}; filename*=UTF-8''{quote(row.filename)}",
             "cache-control": "private, max-age=3600",
-            "content-security-policy": "default-src 'none'; sandbox",
+            "content-security-policy": "default-src 'none'; sandbox; frame-ancestors 'none'",
         },
     )
 
@@ -526,7 +573,9 @@ async def get_file(
 @router.websocket("/chat/{desk}/ws")
 async def chat_socket(websocket: WebSocket, desk: str) -> None:
     """Nudges the page ({"type": "changed"}) when its conversation changes; the page then
-    refetches the message list. Raw events are never relayed: they carry draft data."""
+    refetches the message list. Raw events are never relayed: they carry draft data. Sockets
+    are capped per visitor and per address (4429) and closed when idle (4408); the page
+    reconnects."""
     database: Database = websocket.app.state.db
     async with database.sessionmaker() as session:
         try:
@@ -555,11 +604,25 @@ async def chat_socket(websocket: WebSocket, desk: str) -> None:
     if hub is None:
         await websocket.close(code=CLOSE_UNAVAILABLE, reason="live updates are not running")
         return
-    await _relay(websocket, hub, conversation_topic(conversation.id))
+    counts, ip = _sockets(websocket), _client_ip(websocket)
+    refused = counts.acquire(visitor=visitor, ip=ip)
+    if refused is not None:
+        await websocket.close(code=CLOSE_TOO_MANY, reason=refused)
+        return
+    try:
+        idle = float(getattr(websocket.app.state, "widget_idle_seconds", IDLE_SECONDS))
+        await _relay(websocket, hub, conversation_topic(conversation.id), idle_seconds=idle)
+    finally:
+        counts.release(visitor=visitor, ip=ip)
 
 
-async def _relay(websocket: WebSocket, hub: Hub, topic: str) -> None:
+async def _relay(websocket: WebSocket, hub: Hub, topic: str, *, idle_seconds: float) -> None:
     lock = asyncio.Lock()
+    last_activity = time.monotonic()
+
+    def active() -> None:
+        nonlocal last_activity
+        last_activity = time.monotonic()
 
     async def send(kind: str) -> None:
         async with lock:
@@ -570,12 +633,14 @@ async def _relay(websocket: WebSocket, hub: Hub, topic: str) -> None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            active()
 
     async def relay() -> None:
         async with hub.subscribe([topic], last_event_id=None) as subscription:
             await send("ready")  # subscribed: the page fetches once, then on each nudge
             async for event in subscription:
                 if event["kind"] == RESYNC or event["kind"] in CUSTOMER_KINDS:
+                    active()
                     await send("changed")
             # The hub stopped or dropped us: the page reconnects and refetches.
 
@@ -584,9 +649,17 @@ async def _relay(websocket: WebSocket, hub: Hub, topic: str) -> None:
             await asyncio.sleep(PING_SECONDS)
             await send("ping")
 
-    tasks = [asyncio.create_task(c()) for c in (receive, relay, ping)]
+    async def watch_idle() -> None:
+        """Return (ending the relay) once nothing happened for `idle_seconds`."""
+        while True:
+            left = last_activity + idle_seconds - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
+
+    tasks = [asyncio.create_task(c()) for c in (receive, relay, ping, watch_idle)]
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
@@ -597,5 +670,6 @@ async def _relay(websocket: WebSocket, hub: Hub, topic: str) -> None:
         ):
             log.error("widget socket failed", exc_info=result)
     if websocket.application_state == WebSocketState.CONNECTED:
+        code, reason = (CLOSE_IDLE, "idle") if tasks[-1] in done else (1012, "reconnect")
         with contextlib.suppress(Exception):
-            await websocket.close(code=1012, reason="reconnect")
+            await websocket.close(code=code, reason=reason)

@@ -135,7 +135,10 @@ def page_url(value: str | None) -> str | None:
     """The merchant page the chat was opened from, if it is a plain http(s) URL."""
     if not value or len(value) > 500:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. "http://[x": an unbalanced IPv6 bracket
+        return None
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         return None
     return f"{parts.scheme}://{parts.netloc}{parts.path}"

@@ -13,6 +13,7 @@
   var maxFileBytes = Number(body.dataset.maxFileBytes || 10485760);
   var accepted = (body.dataset.acceptedFiles || "").split(",");
   var embedded = body.classList.contains("embedded");
+  var parentOrigin = embedded && window.parent !== window ? embedderOrigin() : null;
 
   var log = document.getElementById("chat-log");
   var main = document.getElementById("chat-main");
@@ -32,6 +33,28 @@
   var socket = null;
   var retries = 0;
   var reconnectTimer = null;
+
+  // The origin of the page framing the chat, as the browser reports it (ancestorOrigins, else
+  // the referrer), else the page the embed script named. Messages to the parent go only there:
+  // postMessage then drops them if the frame has been moved under another site.
+  function embedderOrigin() {
+    var candidates = [];
+    if (location.ancestorOrigins && location.ancestorOrigins.length) {
+      candidates.push(location.ancestorOrigins[0]);
+    }
+    candidates.push(document.referrer, pageUrl);
+    for (var i = 0; i < candidates.length; i++) {
+      try {
+        var origin = candidates[i] ? new URL(candidates[i]).origin : "";
+        if (/^https?:\/\//.test(origin)) return origin;
+      } catch (e) { /* not a URL: try the next one */ }
+    }
+    return null;
+  }
+
+  function tellParent(type) {
+    if (parentOrigin) window.parent.postMessage({ type: type }, parentOrigin);
+  }
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -61,9 +84,15 @@
     main.scrollTop = main.scrollHeight;
   }
 
-  function showError(message, link) {
+  function showError(message, link, reload) {
     errorBox.textContent = message || "";
-    if (link) {
+    if (reload) {
+      errorBox.appendChild(document.createTextNode(" "));
+      var button = el("button", "retry", T.reload || "Reload");
+      button.type = "button";
+      button.addEventListener("click", function () { location.reload(); });
+      errorBox.appendChild(button);
+    } else if (link) {
       errorBox.appendChild(document.createTextNode(" "));
       var a = el("a", "", T.open_tab || "Open");
       a.href = link;
@@ -136,9 +165,7 @@
     shown.set(message.id, li);
     lastId = Math.max(lastId, message.id);
     body.classList.add("has-messages");
-    if (message.author === "desk" && loaded && embedded && window.parent !== window) {
-      window.parent.postMessage({ type: "frankly:reply" }, "*");
-    }
+    if (message.author === "desk" && loaded) tellParent("frankly:reply");
     if (stick || message.author === "visitor") scrollDown();
   }
 
@@ -213,6 +240,7 @@
       socket = null;
       body.dataset.live = "closed";
       if (event.code === 4401 || event.code === 4403) return;  // reload needed / not allowed
+      // 4429 (too many tabs) backs off like any drop; 4408 (idle) reconnects shortly.
       var delay = Math.min(30000, 500 * Math.pow(2, retries++));
       clearTimeout(reconnectTimer);
       reconnectTimer = setTimeout(connect, delay / 2 + Math.random() * delay / 2);
@@ -235,7 +263,9 @@
     } else {
       li.remove();
       if (restore) restore();
-      if (result.status === 403 && /cookie/.test(detail)) {
+      if (result.status === 403 && result.data.error === "reload_needed") {
+        showError(detail, null, true);  // the session cookie is stale: a reload mints a new one
+      } else if (result.status === 403 && /cookie/.test(detail)) {
         showError(T.cookies, location.pathname);
       } else {
         showError(detail);
@@ -302,7 +332,7 @@
 
   if (closeButton) {
     closeButton.addEventListener("click", function () {
-      window.parent.postMessage({ type: "frankly:close" }, "*");
+      tellParent("frankly:close");
     });
   }
 
