@@ -22,6 +22,7 @@ from frankly.config import get_settings
 from frankly.db import Database
 from frankly.desk import service as desk_service
 from frankly.drafting.engine import INDEX_CACHE
+from frankly.drafting.llm_jobs import BREAKER
 from frankly.main import create_app
 from frankly.migrations.runner import upgrade_async
 
@@ -141,5 +142,6 @@ def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
     CHANNEL_TOKENS.clear()
     desk_service.clear_cache()
+    BREAKER.__init__()  # type: ignore[misc]  (a provider failing in one test says nothing of the next)
     yield
     get_settings.cache_clear()

@@ -522,3 +522,22 @@ class TestOnlyVouchedContextIsFact:
         assert _pending(detail)["engine"] == "llm"
         [request] = fake.requests
         assert "evil.example" not in json.dumps(request.body)
+
+
+class TestProviderDown:
+    async def test_after_repeated_failures_new_messages_get_the_offline_draft_at_once(
+        self, client: Any, db: Any, fake: FakeOpenAI
+    ) -> None:
+        desk = await make_desk(db)
+        fake.rule = lambda _body: Error(500)
+        for _ in range(3):
+            draft = _pending(await _ask(client, desk, "which bank do you accept?"))
+            assert draft["flags"][0]["kind"] == "llm_unavailable"
+        asked = len(fake.requests)
+        detail = await _ask(client, desk, "which bank do you accept?")
+        draft = _pending(detail)
+        assert len(fake.requests) == asked  # not asked again while it is down
+        assert draft["engine"] == "offline"
+        assert draft["why"]["llm"]["fallback"] == "provider_down"
+        assert draft["flags"][0]["kind"] == "llm_unavailable"
+        assert "again in" in draft["flags"][0]["detail"]

@@ -440,6 +440,7 @@ async def record_draft(
     engine: str,
     why: dict[str, Any],
     requested_by: Agent | None = None,
+    flags: list[dict[str, Any]] | None = None,
 ) -> Draft:
     """Store a proposed reply; older pending drafts in the conversation become superseded."""
     conversation = await get_conversation(session, conversation_id=message.conversation_id)
@@ -455,6 +456,7 @@ async def record_draft(
         engine=engine,
         why=why,
         requested_by_id=requested_by.id if requested_by else None,
+        flags=flags or [],
     )
     session.add(draft)
     conversation.needs_human = False

@@ -65,6 +65,8 @@ class DraftOutcome:
     suggestions: list[Suggestion] = field(default_factory=list)
     why: dict[str, Any] = field(default_factory=dict)
     engine: str = OFFLINE_ENGINE
+    # Shown above the draft in the inbox (e.g. why the LLM was not asked).
+    flags: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def drafted(self) -> bool:

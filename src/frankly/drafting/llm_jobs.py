@@ -43,6 +43,34 @@ REWRITE_KINDS = ("shorter", "formal", "translate")
 DELTA_EVERY_SECONDS = 0.12
 STOP_CHECK_SECONDS = 0.25
 
+
+class Breaker:
+    """After FAILURES provider failures in a row, skip the LLM for OPEN_SECONDS: new messages
+    get the offline draft at once instead of waiting out timeouts and retries. Per process."""
+
+    FAILURES = 3
+    OPEN_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+
+    def down_for(self) -> float | None:
+        """Seconds until the provider is tried again, or None when it may be asked now."""
+        left = self.open_until - time.monotonic()
+        return left if left > 0 else None
+
+    def record(self, *, ok: bool) -> None:
+        if ok:
+            self.failures = 0
+            self.open_until = 0.0
+            return
+        self.failures += 1
+        if self.failures >= self.FAILURES:
+            self.open_until = time.monotonic() + self.OPEN_SECONDS
+
+
+BREAKER = Breaker()
 _writers: dict[tuple[Any, ...], LlmWriter] = {}
 _retired: list[LlmWriter] = []
 
@@ -291,7 +319,9 @@ async def llm_draft(
         result = await writer.write(
             request, on_delta=stream.on_delta, should_stop=stream.should_stop
         )
+        BREAKER.record(ok=True)
     except LlmUnavailable as exc:
+        BREAKER.record(ok=False)
         await _finish_with_offline(
             session,
             message=message,

@@ -135,6 +135,7 @@ async def _store(
             engine=outcome.engine,
             why=outcome.why,
             requested_by=requested_by,
+            flags=outcome.flags,
         )
     metrics.DRAFTS.labels("abstained").inc()
     await conversation_service.record_abstention(
@@ -170,8 +171,15 @@ async def draft_for_message(session: AsyncSession, *, message_id: int) -> Draft 
         (time.perf_counter() - started) * 1000, 3
     )
     if llm_jobs.wants_llm(outcome) and await desk_service.llm_config_values(session) is not None:
-        await llm_jobs.enqueue_llm_draft(session, message=message)
-        return None
+        down = llm_jobs.BREAKER.down_for()
+        if down is None:
+            await llm_jobs.enqueue_llm_draft(session, message=message)
+            return None
+        # The provider failed several times in a row: don't make this customer wait for it.
+        reason = f"the LLM provider is failing; asking it again in {down:.0f} s"
+        outcome.why["llm"] = {"fallback": "provider_down", "reason": reason}
+        outcome.flags.append({"kind": "llm_unavailable", "value": None, "detail": reason})
+        metrics.LLM_FALLBACKS.labels("provider_down").inc()
     return await store_offline(session, message=message, outcome=outcome, language=language)
 
 
