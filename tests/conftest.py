@@ -18,6 +18,7 @@ import pytest
 from fastapi import FastAPI
 
 from frankly.auth.service import CHANNEL_TOKENS
+from frankly.channels.registry import REGISTRY
 from frankly.config import get_settings
 from frankly.db import Database
 from frankly.desk import service as desk_service
@@ -135,6 +136,13 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_channels() -> AsyncIterator[None]:
+    """Channel objects are cached per account id; every test's database numbers from 1 again."""
+    yield
+    await REGISTRY.aclose()
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 40
 PDF = b"%PDF-1.4\n%fake receipt\n"
 ACCOUNT_NO = "40817810099910004312"
 FAST = {"retry_backoff": 0.01, "ip_ban_backoff": 0.01, "ip_ban_backoff_cap": 0.05}
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBybit]:
-    # Generous server limits keep these tests quick; TestRateLimits uses the real ones.
-    server = FakeBybit(reads_per_second=1000, writes_per_second=1000)
-    server.start()
-    yield server
-    server.stop()
 
 
 def make_channel(url: str, **options: Any) -> BybitChannel:

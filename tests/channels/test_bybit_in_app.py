@@ -4,7 +4,7 @@ a person's reply with msgUuid = the message's channel key — on both databases.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +22,6 @@ from frankly.channels.bybit.client import (
     PATH_SEND_MESSAGE,
 )
 from frankly.channels.models import ChannelAccount, ChannelKind
-from frankly.channels.registry import REGISTRY
 from frankly.channels.runner import poll_once
 from frankly.conversations.models import Conversation, Message
 from frankly.db import Database, commit, utcnow
@@ -42,21 +41,6 @@ READ_AND_SEND = {
     PATH_SEND_MESSAGE,
 }
 INTRO_EN = disclosure.disclosure_for(disclosure.DisclosureKind.INTRO, "en").text
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBybit]:
-    # Generous server limits keep these tests quick (the client keeps the real ones itself).
-    server = FakeBybit(reads_per_second=1000, writes_per_second=1000)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-async def _close_registry() -> AsyncIterator[None]:
-    yield
-    await REGISTRY.aclose()
 
 
 @pytest.fixture

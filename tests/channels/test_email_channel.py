@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -52,20 +51,6 @@ def mail(
         msg[name.replace("_", "-")] = value
     msg.set_content(body or f"Where is order {n}?")
     return msg.as_bytes()
-
-
-@pytest.fixture
-def imap() -> Iterator[ImapServer]:
-    server = ImapServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 def make_channel(

@@ -5,7 +5,7 @@ sending a person's reply threaded under the customer's mail — on both database
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -45,19 +45,6 @@ def imap() -> Iterator[ImapServer]:
     server = ImapServer(user=DESK_ADDRESS, password="secret").start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-async def _close_registry() -> AsyncIterator[None]:
-    yield
-    await REGISTRY.aclose()
 
 
 def mail(

@@ -5,27 +5,12 @@ Real pymap (IMAP) and aiosmtpd (SMTP) servers on loopback."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import pytest
 
 from frankly.channels.base import DeliveryError
 from tests.channels.test_email_channel import make_channel, outbound
 from tests.fakes.mail_servers import ImapServer, SmtpServer
-
-
-@pytest.fixture
-def imap() -> Iterator[ImapServer]:
-    server = ImapServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
 
 
 class TestSentFolder:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
@@ -22,7 +22,6 @@ from frankly.channels.accounts import save_account
 from frankly.channels.base import InboundMessage
 from frankly.channels.bybit.client import PATH_SEND_MESSAGE, BybitClient
 from frankly.channels.models import ChannelKind
-from frankly.channels.registry import REGISTRY
 from frankly.conversations import service as conversation_service
 from frankly.conversations.models import Conversation, Direction, Draft, Message
 from frankly.db import Database, commit, utcnow
@@ -40,12 +39,6 @@ def fake() -> Iterator[FakeBybit]:
     server.start()
     yield server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-async def _close_registry() -> AsyncIterator[None]:
-    yield
-    await REGISTRY.aclose()
 
 
 async def bybit_account(db: Database, desk: Desk, fake: FakeBybit) -> int:
