@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -186,7 +186,14 @@ class IndexCache:
 INDEX_CACHE = IndexCache()
 
 
-def render_answer(entry: IndexedEntry, *, language: str, context: dict[str, Any]) -> str:
+class HasAnswers(Protocol):
+    """An FAQ entry as stored or as indexed: its answers by language."""
+
+    @property
+    def answers(self) -> Mapping[str, str]: ...
+
+
+def render_answer(entry: HasAnswers, *, language: str, context: dict[str, Any]) -> str:
     """The entry's answer in `language` with placeholders filled; raises LookupError if it can't."""
     answer = entry.answers.get(language)
     if answer is None:

@@ -25,7 +25,7 @@ from frankly.conversations.models import Draft, DraftingState, DraftStatus, Mess
 from frankly.db import commit
 from frankly.desk import service as desk_service
 from frankly.drafting import service as drafting_service
-from frankly.drafting.engine import DraftOutcome, IndexedEntry, render_answer
+from frankly.drafting.engine import DraftOutcome, render_answer
 from frankly.drafting.llm import Candidate, LlmConfig, LlmUnavailable, LlmWriter, WriteRequest
 from frankly.drafting.placeholders import MissingValue
 from frankly.errors import Conflict, Invalid
@@ -156,14 +156,11 @@ async def _candidates(
         entry = await knowledge_service.get_entry(session, entry_id=suggestion.entry_id)
         if not entry.enabled or entry.never_draft:
             continue
-        indexed = IndexedEntry(
-            entry.id, entry.slug, entry.version, entry.question, dict(entry.answers), False
-        )
         lang = language if language in entry.answers else next(iter(entry.answers), None)
         if lang is None:
             continue
         try:
-            answer = render_answer(indexed, language=lang, context=context)
+            answer = render_answer(entry, language=lang, context=context)
         except MissingValue:
             continue  # an answer we cannot complete is not a source the model may use
         candidates.append(Candidate(entry.slug, entry.question, answer, suggestion.confidence))
@@ -483,11 +480,8 @@ async def llm_rewrite(
     if entry is not None:
         lang = original.language if original.language in entry.answers else None
         if lang:
-            indexed = IndexedEntry(
-                entry.id, entry.slug, entry.version, entry.question, dict(entry.answers), False
-            )
             try:
-                answer = render_answer(indexed, language=lang, context=conversation.context)
+                answer = render_answer(entry, language=lang, context=conversation.context)
                 sources.append(Candidate(entry.slug, entry.question, answer, 1.0))
             except MissingValue:
                 pass

@@ -21,7 +21,6 @@ from frankly.drafting.engine import (
     DraftingEngine,
     DraftOutcome,
     DraftRequest,
-    IndexedEntry,
     OfflineEngine,
     render_answer,
 )
@@ -250,17 +249,9 @@ async def draft_from_entry(
     if not entry.enabled:
         raise Invalid(f"FAQ entry {entry.slug!r} is disabled")
     language = await choose_language(session, text=message.text, conversation=conversation)
-    indexed = IndexedEntry(
-        id=entry.id,
-        slug=entry.slug,
-        version=entry.version,
-        question=entry.question,
-        answers=dict(entry.answers),
-        never_draft=entry.never_draft,
-    )
     lang = language.code if language.code in entry.answers else next(iter(entry.answers))
     try:
-        text = render_answer(indexed, language=lang, context=conversation.context)
+        text = render_answer(entry, language=lang, context=conversation.context)
     except MissingValue as missing:
         raise Invalid(
             f"FAQ entry {entry.slug!r} needs {{{{{missing.path}}}}}, which this conversation's "
