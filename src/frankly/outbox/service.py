@@ -7,12 +7,11 @@ idempotency (Bybit msgUuid, email Message-ID, widget id) turns into a no-op.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly import metrics
@@ -25,6 +24,7 @@ from frankly.db import after_commit, utcnow
 from frankly.errors import Conflict, NotFound
 from frankly.live import service as live_service
 from frankly.outbox.models import OutboxItem, OutboxStatus
+from frankly.worker import service as worker_service
 
 _WAKERS: set[Callable[[], None]] = set()
 
@@ -69,51 +69,26 @@ async def enqueue(
     return item
 
 
-def _due(now: object) -> object:
-    return or_(
-        (OutboxItem.status == OutboxStatus.QUEUED)
-        & (OutboxItem.next_attempt_at <= now)
-        & (OutboxItem.locked_until.is_(None) | (OutboxItem.locked_until < now)),
-    )
-
-
 async def claim(
     session: AsyncSession, *, worker_id: str, lease_seconds: int, limit: int = 8
 ) -> list[OutboxItem]:
-    """Take due items for one delivery attempt each (SKIP LOCKED on PostgreSQL); commit after."""
+    """Take due items for one delivery attempt each (the job table's claim); commit after."""
     now = utcnow()
-    ids = list(
-        (
-            await session.scalars(
-                select(OutboxItem.id)
-                .where(_due(now))  # type: ignore[arg-type]
-                .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
+    return await worker_service.claim_rows(
+        session,
+        OutboxItem,
+        due=(OutboxItem.status == OutboxStatus.QUEUED)
+        & (OutboxItem.next_attempt_at <= now)
+        & (OutboxItem.locked_until.is_(None) | (OutboxItem.locked_until < now)),
+        order_by=(OutboxItem.next_attempt_at, OutboxItem.id),
+        limit=limit,
+        owner=worker_id,
+        values={
+            "locked_until": now + timedelta(seconds=lease_seconds),
+            "attempts": OutboxItem.attempts + 1,
+            "last_attempt_at": now,
+        },
     )
-    if not ids:
-        return []
-    token = f"{worker_id}#{secrets.token_hex(4)}"
-    await session.execute(
-        update(OutboxItem)
-        .where(OutboxItem.id.in_(ids), _due(now))  # type: ignore[arg-type]
-        .values(
-            locked_by=token,
-            locked_until=now + timedelta(seconds=lease_seconds),
-            attempts=OutboxItem.attempts + 1,
-            last_attempt_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    rows = await session.scalars(
-        select(OutboxItem)
-        .where(OutboxItem.id.in_(ids), OutboxItem.locked_by == token)
-        .order_by(OutboxItem.id)
-        .execution_options(populate_existing=True)
-    )
-    return list(rows.all())
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from frankly.db import utcnow
 from frankly.worker.models import Job, JobStatus
+
+T = TypeVar("T")
 
 
 async def enqueue(
@@ -23,6 +25,55 @@ async def enqueue(
     return job
 
 
+async def claim_rows(
+    session: AsyncSession,
+    model: type[T],
+    *,
+    due: ColumnElement[bool],
+    order_by: Sequence[Any],
+    limit: int,
+    owner: str,
+    values: dict[str, Any],
+    narrow: Sequence[ColumnElement[bool]] = (),
+) -> list[T]:
+    """The claim every queue table uses (jobs, the outbox): take up to `limit` rows that are
+    `due` (and match `narrow`), set `values` on them, and return them; commit right after.
+
+    Rows are picked with FOR UPDATE SKIP LOCKED on PostgreSQL; one conditional UPDATE writes a
+    fresh per-claim token into `locked_by`, which is what makes the claim exclusive on SQLite
+    (no row locks) and lets only this call read these rows back, however many loops share an
+    owner name.
+    """
+    table: Any = model
+    ids = list(
+        (
+            await session.scalars(
+                select(table.id)
+                .where(due, *narrow)
+                .order_by(*order_by)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+    )
+    if not ids:
+        return []
+    token = f"{owner}#{secrets.token_hex(4)}"
+    await session.execute(
+        update(table)
+        .where(table.id.in_(ids), due)
+        .values(locked_by=token, **values)
+        .execution_options(synchronize_session=False)
+    )
+    rows = await session.scalars(
+        select(table)
+        .where(table.id.in_(ids), table.locked_by == token)
+        .order_by(*order_by)
+        .execution_options(populate_existing=True)
+    )
+    return list(rows.all())
+
+
 async def claim(
     session: AsyncSession,
     *,
@@ -32,63 +83,33 @@ async def claim(
     names: Collection[str] | None = None,
     exclude: Collection[str] = (),
 ) -> list[Job]:
-    """Take due jobs (or jobs whose lease expired) for this worker; commit right after.
-
-    Each claim writes a fresh token into `locked_by`, so only this call gets these jobs back,
-    however many loops share the worker id.
-    """
+    """Take due jobs (or jobs whose lease expired) for this worker; commit right after."""
     now = utcnow()
-    token = f"{worker_id}#{secrets.token_hex(4)}"
-    candidates = (
-        select(Job.id)
-        .where(
-            or_(
-                (Job.status == JobStatus.QUEUED) & (Job.run_after <= now),
-                # A job whose worker died is taken again, while it has attempts left.
-                (Job.status == JobStatus.RUNNING)
-                & (Job.locked_until < now)
-                & (Job.attempts < Job.max_attempts),
-            )
-        )
-        .order_by(Job.run_after, Job.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    narrow = []
     if names is not None:
-        candidates = candidates.where(Job.name.in_(list(names)))
+        narrow.append(Job.name.in_(list(names)))
     if exclude:
-        candidates = candidates.where(Job.name.not_in(list(exclude)))
-    ids = list((await session.scalars(candidates)).all())
-    if not ids:
-        return []
-    # One conditional UPDATE for the batch: on SQLite (no row locks) it is what makes a claim
-    # exclusive; on PostgreSQL the rows are already locked by SKIP LOCKED above.
-    await session.execute(
-        update(Job)
-        .where(
-            Job.id.in_(ids),
-            or_(
-                Job.status == JobStatus.QUEUED,
-                (Job.status == JobStatus.RUNNING)
-                & (Job.locked_until < now)
-                & (Job.attempts < Job.max_attempts),
-            ),
-        )
-        .values(
-            status=JobStatus.RUNNING,
-            locked_by=token,
-            locked_until=now + timedelta(seconds=lease_seconds),
-            attempts=Job.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
+        narrow.append(Job.name.not_in(list(exclude)))
+    return await claim_rows(
+        session,
+        Job,
+        due=or_(
+            (Job.status == JobStatus.QUEUED) & (Job.run_after <= now),
+            # A job whose worker died is taken again, while it has attempts left.
+            (Job.status == JobStatus.RUNNING)
+            & (Job.locked_until < now)
+            & (Job.attempts < Job.max_attempts),
+        ),
+        order_by=(Job.run_after, Job.id),
+        limit=limit,
+        owner=worker_id,
+        values={
+            "status": JobStatus.RUNNING,
+            "locked_until": now + timedelta(seconds=lease_seconds),
+            "attempts": Job.attempts + 1,
+        },
+        narrow=narrow,
     )
-    jobs = await session.scalars(
-        select(Job)
-        .where(Job.id.in_(ids), Job.locked_by == token, Job.status == JobStatus.RUNNING)
-        .order_by(Job.run_after, Job.id)
-        .execution_options(populate_existing=True)
-    )
-    return list(jobs.all())
 
 
 async def finish(session: AsyncSession, *, job: Job) -> None:
