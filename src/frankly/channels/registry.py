@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from frankly.channels.accounts import secrets_of
 from frankly.channels.base import (
     Channel,
     ContextField,
@@ -19,7 +20,6 @@ from frankly.channels.base import (
     OutboundMessage,
 )
 from frankly.channels.models import ChannelAccount, ChannelKind
-from frankly.crypto import box
 
 log = logging.getLogger("frankly.channels")
 
@@ -69,6 +69,11 @@ class UnconfiguredChannel(ApiChannel):
     def new_channel_key(self, *, message_id: int) -> str:
         return f"{self.kind}-{message_id}-{uuid.uuid4().hex[:8]}"
 
+    @staticmethod
+    def is_placeholder(key: str, *, kind: str, message_id: int) -> bool:
+        """Whether `key` is one this class made: a key no provider ever saw."""
+        return key.startswith(f"{kind}-{message_id}-")
+
     async def deliver(self, message: OutboundMessage) -> None:
         raise DeliveryError(
             f"no {self.kind} account is configured for this conversation; add one under "
@@ -105,11 +110,7 @@ class ChannelRegistry:
         self._lock = asyncio.Lock()
 
     def build(self, account: ChannelAccount) -> Channel:
-        secrets = (
-            box().decrypt_json(account.secrets, purpose=f"channel:{account.id}")
-            if account.secrets
-            else {}
-        )
+        secrets = secrets_of(account)
         factory = _factories().get(account.kind.value)
         if factory is None:
             return ApiChannel()

@@ -60,6 +60,20 @@ async def default_language(session: AsyncSession) -> str:
     return str(value) if value else get_settings().default_language
 
 
+async def _put(session: AsyncSession, *, key: str, value: Any, agent: Agent | None) -> Any:
+    """Store one setting (insert or update) and forget its cached value; returns the old value."""
+    _cache.pop(key, None)
+    row = await session.get(DeskSetting, key)
+    before = None if row is None else row.value.get("value")
+    if row is None:
+        session.add(DeskSetting(key=key, value={"value": value}, updated_by_id=agent and agent.id))
+    else:
+        row.value = {"value": value}
+        row.updated_at = utcnow()
+        row.updated_by_id = agent.id if agent else None
+    return before
+
+
 async def set_value(session: AsyncSession, *, key: str, value: Any, agent: Agent | None) -> None:
     if key == THRESHOLD:
         if not isinstance(value, int | float) or not 0.0 <= float(value) <= 1.0:
@@ -74,16 +88,7 @@ async def set_value(session: AsyncSession, *, key: str, value: Any, agent: Agent
         value = value.strip()
     else:
         raise Invalid(f"unknown desk setting {key!r}")
-    _cache.pop(key, None)
-    row = await session.get(DeskSetting, key)
-    before = None if row is None else row.value.get("value")
-    if row is None:
-        session.add(DeskSetting(key=key, value={"value": value}, updated_by_id=agent and agent.id))
-    else:
-        row.value = {"value": value}
-        row.updated_at = utcnow()
-        row.updated_by_id = agent.id if agent else None
-    _cache.pop(key, None)
+    before = await _put(session, key=key, value=value, agent=agent)
     await audit_service.record(
         session,
         agent=agent,
@@ -171,16 +176,7 @@ async def set_llm(
             raw = int(raw)
         current[name] = raw
         changed.append(name)
-    row = await session.get(DeskSetting, LLM)
-    if row is None:
-        session.add(
-            DeskSetting(key=LLM, value={"value": current}, updated_by_id=agent and agent.id)
-        )
-    else:
-        row.value = {"value": current}
-        row.updated_at = utcnow()
-        row.updated_by_id = agent.id if agent else None
-    _cache.pop(LLM, None)
+    await _put(session, key=LLM, value=current, agent=agent)
     await audit_service.record(
         session,
         agent=agent,

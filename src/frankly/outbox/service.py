@@ -18,7 +18,7 @@ from frankly import metrics
 from frankly.audit import service as audit_service
 from frankly.auth.models import Agent
 from frankly.channels.models import ChannelKind
-from frankly.channels.registry import REGISTRY
+from frankly.channels.registry import REGISTRY, UnconfiguredChannel
 from frankly.conversations.models import Contact, Conversation, DeliveryStatus, Direction, Message
 from frankly.db import after_commit, utcnow
 from frankly.errors import Conflict, NotFound
@@ -203,11 +203,12 @@ async def retry(session: AsyncSession, *, agent: Agent, message: Message) -> Out
     item = await get_for_message(session, message=message)
     if item.status != OutboxStatus.FAILED:
         raise Conflict(f"message {message.id} is {item.status.value}, not failed")
-    placeholder = f"{item.channel}-{item.message_id}-"  # registry.UnconfiguredChannel's keys
     if (
         item.account_id is None
         and item.channel in UNCONFIGURED_KINDS
-        and item.channel_key.startswith(placeholder)
+        and UnconfiguredChannel.is_placeholder(
+            item.channel_key, kind=item.channel, message_id=item.message_id
+        )
     ):
         # Queued when no account could deliver it: its key is a placeholder no provider ever
         # saw (not a Message-ID, say). If an account exists now, key it for that channel.
