@@ -188,6 +188,16 @@ async def set_llm(
     return current
 
 
+async def llm_enabled(session: AsyncSession) -> bool:
+    """Whether a provider is configured (URL and model), without decrypting its key."""
+    settings = get_settings()
+    over = await llm_overrides(session)
+    return bool(
+        (over.get("base_url") or settings.llm_base_url)
+        and (over.get("model") or settings.llm_model)
+    )
+
+
 async def llm_config_values(session: AsyncSession) -> dict[str, Any] | None:
     """The effective provider settings (admin overrides over FRANKLY_LLM_*), or None when no
     provider is configured. Includes the decrypted key: for the writer only, never a response."""

@@ -411,7 +411,7 @@ def _record_usage(tokens_in: int | None, tokens_out: int | None, ttft_ms: float 
 
 async def regenerate_with_llm(session: AsyncSession, *, agent: Agent, draft: Draft) -> bool:
     """Another LLM variant of a pending LLM draft; False when the offline regenerate applies."""
-    if draft.engine != "llm" or await desk_service.llm_config_values(session) is None:
+    if draft.engine != "llm" or not await desk_service.llm_enabled(session):
         return False
     message = await conversation_service.get_message(session, message_id=draft.message_id)
     await conversation_service.supersede_draft(session, agent=agent, draft=draft)
@@ -438,7 +438,7 @@ async def request_rewrite(
         raise Invalid(f"kind must be one of {', '.join(REWRITE_KINDS)}")
     if draft.status != DraftStatus.PENDING:
         raise Conflict(f"draft {draft.id} is {draft.status.value}, not pending")
-    if await desk_service.llm_config_values(session) is None:
+    if not await desk_service.llm_enabled(session):
         raise Invalid("rewrites need an LLM provider; configure one in Settings")
     if text is not None:
         text = clean_text(text, limit_bytes=get_settings().max_message_bytes)

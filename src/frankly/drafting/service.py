@@ -169,7 +169,7 @@ async def draft_for_message(session: AsyncSession, *, message_id: int) -> Draft 
     outcome.why.setdefault("timings_ms", {})["total"] = round(
         (time.perf_counter() - started) * 1000, 3
     )
-    if llm_jobs.wants_llm(outcome) and await desk_service.llm_config_values(session) is not None:
+    if llm_jobs.wants_llm(outcome) and await desk_service.llm_enabled(session):
         down = llm_jobs.BREAKER.down_for()
         if down is None:
             await llm_jobs.enqueue_llm_draft(session, message=message)

@@ -269,7 +269,7 @@ async def _pane_context(
         "messages": messages,
         "pending": pending,
         "streaming": streaming,
-        "llm_enabled": await desk_service.llm_config_values(session) is not None,
+        "llm_enabled": await desk_service.llm_enabled(session),
         "preview": preview,
         "agents": agents,
         "entry_slugs": entry_slugs,
